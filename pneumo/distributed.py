@@ -1,0 +1,82 @@
+"""Processes and folds: which process trains which fold, CPU shares, waiting for other folds."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+
+from pneumo.errors import PneumoError
+
+
+def folds_for_process(n_folds: int, rank: int, world: int) -> list[int]:
+    """Fold k runs on process k mod world: each fold exactly once, spread evenly."""
+    return [k for k in range(n_folds) if k % world == rank]
+
+
+def local_world_size() -> int:
+    """Processes launched on this node (torchrun / accelerate set LOCAL_WORLD_SIZE)."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (respects taskset, cgroups via affinity, SLURM binding)."""
+    return len(os.sched_getaffinity(0))
+
+
+def cpu_share() -> int:
+    """This process's fair share of the node's CPUs."""
+    return max(1, available_cpus() // local_world_size())
+
+
+def set_threads(requested: int) -> int:
+    """Set torch's intra-op threads: `requested`, or this process's CPU share when 0."""
+    threads = requested or cpu_share()
+    torch.set_num_threads(threads)
+    return threads
+
+
+def make_accelerator(mixed_precision: str | None):
+    """An Accelerator used for process setup, device and autocast only.
+
+    Nothing is passed through `prepare()`: that would wrap each fold's model in DDP
+    (all-reducing gradients across folds), shard each fold's data across processes and
+    step the LR scheduler once per process. Folds own their model, data and schedule.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    # Processes meet only once after data preparation; allow a long cache build elsewhere.
+    handler = InitProcessGroupKwargs(timeout=timedelta(hours=6))
+    try:
+        return Accelerator(mixed_precision=mixed_precision, kwargs_handlers=[handler])
+    except ValueError as exc:
+        raise PneumoError(f"--mixed-precision {mixed_precision}: {exc}") from exc
+
+
+def wait_for(
+    paths: list[Path],
+    should_stop: Callable[[], bool],
+    poll_s: float = 2.0,
+    on_wait: Callable[[list[Path]], None] | None = None,
+) -> bool:
+    """Wait until every path exists (other processes' folds); False if asked to stop first.
+
+    Polls the (shared) filesystem rather than blocking in a collective, so signals are
+    handled and no process-group timeout limits how long another fold may take.
+    """
+    announced = False
+    while True:
+        missing = [p for p in paths if not p.exists()]
+        if not missing:
+            return True
+        if should_stop():
+            return False
+        if on_wait and not announced:
+            on_wait(missing)
+            announced = True
+        time.sleep(poll_s)

@@ -1,0 +1,58 @@
+"""Fold models loaded back from their best checkpoints, and their mean-probability ensemble."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pneumo.checkpoint import load_weights_file
+from pneumo.errors import PneumoError
+from pneumo.models import create_model, load_weights
+
+BEST = "best.safetensors"
+
+
+@dataclass
+class FoldModel:
+    """A trained fold model with the normalisation it was trained with."""
+
+    fold: int
+    model: nn.Module
+    mean: float
+    std: float
+    meta: dict[str, Any]
+
+    @property
+    def norm(self) -> tuple[float, float]:
+        return (self.mean, self.std)
+
+
+def load_fold_model(path: Path, device: torch.device, expect_model: str | None = None) -> FoldModel:
+    """Rebuild a fold model from a `best.safetensors` written by training."""
+    state, meta = load_weights_file(path)
+    if "model" not in meta:
+        raise PneumoError(f"{path}: not a pneumo checkpoint (no model metadata)")
+    if expect_model and meta["model"] != expect_model:
+        raise PneumoError(f"{path}: checkpoint of {meta['model']}, but this run trains {expect_model}")
+    model = create_model(meta["model"], num_classes=len(meta["classes"]), dropout=meta["dropout"], init="timm")
+    load_weights(model, state, str(path))
+    model.to(device, memory_format=torch.channels_last).eval()
+    return FoldModel(int(meta["fold"]), model, float(meta["mean"]), float(meta["std"]), meta)
+
+
+def load_run_models(run_dir: Path, n_folds: int, device: torch.device, expect_model: str | None) -> list[FoldModel]:
+    """The best checkpoint of every fold of a run, in fold order."""
+    missing = [k for k in range(n_folds) if not (run_dir / f"fold{k}" / BEST).exists()]
+    if missing:
+        raise PneumoError(f"{run_dir}: no {BEST} for fold(s) {missing}; finish or resume the run first")
+    return [load_fold_model(run_dir / f"fold{k}" / BEST, device, expect_model) for k in range(n_folds)]
+
+
+def mean_probs(per_fold: np.ndarray) -> np.ndarray:
+    """The ensemble: the mean of the fold models' softmax probabilities."""
+    return np.asarray(per_fold, dtype=np.float64).mean(axis=0)

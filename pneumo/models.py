@@ -1,0 +1,77 @@
+"""timm models with the reference head (dropout + 2-class linear), init and freezing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from pneumo.errors import PneumoError
+
+
+def xavier_init(model: nn.Module) -> None:
+    """Xavier-uniform weights and zero biases for every conv and linear layer (reference recipe)."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int = 2,
+    dropout: float = 0.3,
+    pretrained: bool = False,
+    pretrained_file: str | Path | None = None,
+    init: str = "xavier",
+) -> nn.Module:
+    """`timm.create_model` with dropout before a fresh `num_classes` head.
+
+    `pretrained_file` goes through timm's own pretrained loader (the classifier is dropped
+    and re-initialised when its shape differs); `pretrained` downloads from the hub.
+    Without either, `init` chooses Xavier-uniform or timm's default initialisation.
+    """
+    kwargs = {"num_classes": num_classes, "drop_rate": dropout}
+    try:
+        if pretrained_file:
+            return timm.create_model(
+                name, pretrained=True, pretrained_cfg_overlay={"file": str(pretrained_file)}, **kwargs
+            )
+        if pretrained:
+            return timm.create_model(name, pretrained=True, **kwargs)
+    except (RuntimeError, OSError, ValueError) as exc:
+        source = f"--pretrained-file {pretrained_file}" if pretrained_file else "--pretrained (hub download)"
+        raise PneumoError(f"{source}: cannot load weights into {name} ({str(exc).splitlines()[0]})") from exc
+    model = timm.create_model(name, **kwargs)
+    if init == "xavier":
+        xavier_init(model)
+    return model
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Load a full state dict strictly, naming `source` when it does not fit the architecture."""
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:
+        raise PneumoError(f"{source}: weights do not fit this model ({str(exc).splitlines()[0]})") from exc
+
+
+def set_head_only(model: nn.Module, head_only: bool) -> None:
+    """Freeze (or unfreeze) every parameter outside the classifier."""
+    head = {id(p) for p in model.get_classifier().parameters()}
+    for p in model.parameters():
+        p.requires_grad_(not head_only or id(p) in head)
+
+
+def train_mode(model: nn.Module, head_only: bool) -> None:
+    """model.train(); with `head_only`, batch-norm statistics of the frozen backbone stay fixed."""
+    model.train()
+    if head_only:
+        for module in model.modules():
+            if isinstance(module, _BatchNorm):
+                module.eval()

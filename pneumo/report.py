@@ -1,0 +1,150 @@
+"""The run's report: fold results gathered, out-of-fold and ensemble metrics, written and shown."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.table import Table
+
+from pneumo.ensemble import mean_probs
+from pneumo.fsutil import atomic_write_json, atomic_write_text, read_json
+from pneumo.metrics import classification_metrics, mean_std, report_text
+from pneumo.predictions import read_predictions, write_predictions
+
+RESULTS = "results.json"
+REPORT = "classification_report.txt"
+SUMMARY = "summary.txt"
+OOF = "oof.csv"
+
+
+def read_fold_results(run_dir: Path, n_folds: int) -> list[dict]:
+    return [read_json(run_dir / f"fold{k}" / "result.json") for k in range(n_folds)]
+
+
+def evaluate_split(
+    files: Sequence[str],
+    labels: np.ndarray,
+    per_fold: np.ndarray,
+    folds: Sequence[int],
+    classes: Sequence[str],
+    positive: int,
+) -> dict[str, Any]:
+    """Each fold model's metrics on a split, their mean and std, and the ensemble's metrics."""
+    fold_metrics = [classification_metrics(labels, p, classes, positive, files) for p in per_fold]
+    return {
+        "folds": {str(k): m for k, m in zip(folds, fold_metrics)},
+        "fold_mean_std": mean_std(fold_metrics),
+        "ensemble": classification_metrics(labels, mean_probs(per_fold), classes, positive, files),
+    }
+
+
+def write_split_predictions(
+    path: Path,
+    files: Sequence[str],
+    labels: np.ndarray,
+    per_fold: np.ndarray,
+    folds: Sequence[int],
+    classes: Sequence[str],
+    positive: int,
+) -> None:
+    """Ensemble predictions with each fold's probability of the positive class beside them."""
+    extra = {
+        f"fold{k}_prob_{classes[positive]}": [repr(float(v)) for v in p[:, positive]] for k, p in zip(folds, per_fold)
+    }
+    write_predictions(path, files, labels, mean_probs(per_fold), classes, extra)
+
+
+def _gather_split(run_dir: Path, folds: Sequence[int], split: str, classes: Sequence[str]):
+    tables = [read_predictions(run_dir / f"fold{k}" / f"predictions_{split}.csv", classes) for k in folds]
+    files = tables[0].files
+    for k, t in zip(folds, tables):
+        if t.files != files:
+            raise RuntimeError(f"fold {k} predicted a different {split} file list")
+    return files, tables[0].labels, np.stack([t.probs for t in tables])
+
+
+def build_results(
+    run_dir: Path, fold_results: list[dict], classes: Sequence[str], positive: int, header: dict[str, Any]
+) -> dict:
+    """Gather fold outputs into results.json, oof.csv, predictions_<split>.csv and the text report."""
+    done = [r for r in fold_results if r["status"] == "done"]
+    folds = [r["fold"] for r in done]
+    val_tables = [read_predictions(run_dir / f"fold{k}" / "val_predictions.csv", classes) for k in folds]
+    oof_files = [f for t in val_tables for f in t.files]
+    oof_labels = np.concatenate([t.labels for t in val_tables])
+    oof_probs = np.concatenate([t.probs for t in val_tables])
+    oof_folds = [k for k, t in zip(folds, val_tables) for _ in t.files]
+    write_predictions(run_dir / OOF, oof_files, oof_labels, oof_probs, classes, {"fold": oof_folds})
+    results: dict[str, Any] = {
+        **header,
+        "classes": list(classes),
+        "positive_class": classes[positive],
+        "folds_done": folds,
+        "folds_failed": [{"fold": r["fold"], "reason": r.get("reason")} for r in fold_results if r["status"] != "done"],
+        "folds": fold_results,
+        "cross_validation": {"val": mean_std([r["val"] for r in done])},
+        "oof": classification_metrics(oof_labels, oof_probs, classes, positive, oof_files),
+        "ensemble": {},
+    }
+    oof_title = f"Out-of-fold validation ({len(oof_files)} images, folds {folds})"
+    texts = [f"{oof_title}\n{report_text(oof_labels, oof_probs, classes)}"]
+    for split in done[0]["splits"] if done else {}:
+        files, labels, per_fold = _gather_split(run_dir, folds, split, classes)
+        write_split_predictions(run_dir / f"predictions_{split}.csv", files, labels, per_fold, folds, classes, positive)
+        section = evaluate_split(files, labels, per_fold, folds, classes, positive)
+        results["cross_validation"][split] = section["fold_mean_std"]
+        results["ensemble"][split] = section["ensemble"]
+        title = f"Ensemble of {len(folds)} folds on {split} ({len(files)} images)"
+        texts.append(f"{title}\n{report_text(labels, mean_probs(per_fold), classes)}")
+    atomic_write_json(run_dir / RESULTS, results)
+    atomic_write_text(run_dir / REPORT, "\n".join(texts))
+    return results
+
+
+def _fmt(metrics: dict | None, key: str) -> str:
+    value = (metrics or {}).get(key)
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _fmt_ms(summary: dict | None, key: str) -> str:
+    item = (summary or {}).get(key) or {}
+    return "-" if item.get("mean") is None else f"{item['mean']:.3f} ± {item['std']:.3f}"
+
+
+def summary_table(results: dict, split: str = "test") -> Table:
+    """Per fold, mean ± std, out-of-fold and ensemble: accuracy, AUC, sensitivity, specificity."""
+    keys = ("accuracy", "roc_auc", "sensitivity", "specificity")
+    names = ("acc", "AUC", "sens", "spec")
+    has_split = split in results.get("ensemble", {})
+    table = Table(title=f"{results.get('model', '')} {len(results['folds_done'])}-fold cross-validation")
+    table.add_column("")
+    for name in names:
+        table.add_column(f"val {name}", justify="right")
+    if has_split:
+        for name in names:
+            table.add_column(f"{split} {name}", justify="right")
+    for r in results["folds"]:
+        if r["status"] != "done":
+            table.add_row(
+                f"fold {r['fold']}", f"failed: {r.get('reason', '')}"[:40], *[""] * (len(keys) * (1 + has_split) - 1)
+            )
+            continue
+        cells = [_fmt(r["val"], k) for k in keys]
+        if has_split:
+            cells += [_fmt(r["splits"].get(split), k) for k in keys]
+        table.add_row(f"fold {r['fold']}", *cells)
+    cv = results["cross_validation"]
+    table.add_row(
+        "mean ± std",
+        *[_fmt_ms(cv["val"], k) for k in keys],
+        *([_fmt_ms(cv.get(split), k) for k in keys] if has_split else []),
+    )
+    table.add_row("out-of-fold", *[_fmt(results["oof"], k) for k in keys], *(["-"] * len(keys) if has_split else []))
+    if has_split:
+        table.add_row(
+            "ensemble", *(["-"] * len(keys)), *[_fmt(results["ensemble"][split], k) for k in keys], style="bold"
+        )
+    return table

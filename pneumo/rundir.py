@@ -1,0 +1,131 @@
+"""The run directory: new, resumed or overwritten; what made the run is recorded in it."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pneumo.config import result_keys_diff, to_yaml
+from pneumo.errors import PneumoError
+from pneumo.fsutil import atomic_write_json, atomic_write_text, read_json
+
+CONFIG = "config.yaml"
+FOLDS = "folds.json"
+RUN_INFO = "run_info.json"
+PACKAGES = ("torch", "torchvision", "timm", "accelerate", "scikit-learn", "numpy", "pillow", "safetensors")
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    """The resolved config a run was started with."""
+    path = run_dir / CONFIG
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise PneumoError(f"{run_dir} is not a pneumo run directory (no {CONFIG})") from exc
+    except yaml.YAMLError as exc:
+        raise PneumoError(f"{path}: corrupt ({exc}); rerun with --overwrite") from exc
+    if not isinstance(loaded, dict):
+        raise PneumoError(f"{path}: corrupt (not a mapping); rerun with --overwrite")
+    return loaded
+
+
+def decide(run_dir: Path, config: dict[str, Any], *, resume: bool, overwrite: bool) -> str:
+    """'new', 'resume' or 'overwrite' for `run_dir`; refuses what would lose or mix work."""
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        if resume:
+            raise PneumoError(f"--resume: {run_dir} holds no run to resume")
+        return "new"
+    if not (run_dir / CONFIG).exists():
+        raise PneumoError(
+            f"--output-dir {run_dir} exists and is not a pneumo run (no {CONFIG}); choose another directory"
+        )
+    if overwrite:
+        return "overwrite"
+    old = read_config(run_dir)
+    diff = result_keys_diff(old, config)
+    if diff:
+        changes = ", ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in diff)
+        raise PneumoError(
+            f"{run_dir} holds a run with a different config ({changes}); "
+            "pass --overwrite to start over or choose another --output-dir"
+        )
+    return "resume"
+
+
+def data_fingerprint(files: list[str], sha1: list[str]) -> str:
+    """Hash of the file list and contents the run's folds were made from."""
+    h = hashlib.sha256()
+    for f, s in sorted(zip(files, sha1)):
+        h.update(f"{f}\t{s}\n".encode())
+    return h.hexdigest()
+
+
+def _git_commit() -> str | None:
+    code_dir = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(code_dir), "describe", "--always", "--dirty", "--abbrev=40"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def run_info(data_dir: Path, fingerprint: str, world: int, extra: dict[str, Any]) -> dict[str, Any]:
+    """Everything that made the run besides its config: code, packages, data, machine."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "command": sys.argv,
+        "python": platform.python_version(),
+        "packages": versions,
+        "git_commit": _git_commit(),
+        "host": platform.node(),
+        "processes": world,
+        "data_dir": str(data_dir),
+        "data_fingerprint": fingerprint,
+        **extra,
+    }
+
+
+def check_same_data(run_dir: Path, fingerprint: str) -> None:
+    """On resume, the data must be what the run's folds were made from."""
+    path = run_dir / RUN_INFO
+    if path.exists() and read_json(path).get("data_fingerprint") != fingerprint:
+        raise PneumoError(
+            f"{run_dir}: the data changed since this run started (file list or contents differ); "
+            "pass --overwrite to start over or choose another --output-dir"
+        )
+
+
+def initialise(run_dir: Path, mode: str, config: dict[str, Any], folds: dict, info: dict[str, Any]) -> None:
+    """Create (or wipe and recreate) the run directory and write config, folds and run info."""
+    if mode == "overwrite":
+        shutil.rmtree(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PneumoError(f"--output-dir {run_dir}: cannot create it ({exc.strerror})") from exc
+    if mode != "resume":
+        atomic_write_text(run_dir / CONFIG, to_yaml(config))
+    # On resume these exist unless the first start died right after writing the config.
+    if mode != "resume" or not (run_dir / FOLDS).exists():
+        atomic_write_json(run_dir / FOLDS, folds)
+    if mode != "resume" or not (run_dir / RUN_INFO).exists():
+        atomic_write_json(run_dir / RUN_INFO, info)

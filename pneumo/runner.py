@@ -1,0 +1,153 @@
+"""The training job: prepare data and folds, train this process's folds, report the run."""
+
+from __future__ import annotations
+
+import json
+import time
+from argparse import Namespace
+from pathlib import Path
+
+from pneumo import console, rundir
+from pneumo.cache import decode_dataset, describe
+from pneumo.config import default_cache_dir, validate
+from pneumo.dataset import Layout, scan
+from pneumo.distributed import available_cpus, folds_for_process, make_accelerator, set_threads, wait_for
+from pneumo.errors import NonFiniteLossError, PneumoError
+from pneumo.fsutil import atomic_write_json
+from pneumo.report import SUMMARY, build_results, read_fold_results, summary_table
+from pneumo.splits import build_splits
+from pneumo.trainer import RESULT, FoldEnv, fold_dir, train_fold
+
+SKIPPED = "skipped_images.json"
+EXIT_OK = 0
+EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped on request with state saved; run again to resume
+
+
+def resolve_data_dir(data_dir: str | None) -> tuple[Path, bool]:
+    """The user's --data-dir, or the built-in synthetic set (generated once, cached)."""
+    if data_dir:
+        return Path(data_dir).expanduser().resolve(), False
+    from pneumo.synthetic import default_dataset
+
+    return default_dataset(default_cache_dir()), True
+
+
+def decode_images(layout: Layout, args: Namespace, workers: int):
+    """Decode every image of the layout once (through the cache unless --no-cache), with progress."""
+    files = list(layout.all_files().files)
+    cache_dir = None if args.no_cache else Path(args.cache_dir or default_cache_dir()).expanduser()
+    with console.progress() as bar:
+        task = bar.add_task("decoding images", total=len(files))
+        decoded = decode_dataset(
+            layout.root,
+            files,
+            args.image_size,
+            cache_dir=cache_dir,
+            workers=workers,
+            progress=lambda n: bar.advance(task, n),
+        )
+    console.log(describe(decoded))
+    return decoded
+
+
+def unusable_images(layout: Layout, decoded, policy: str) -> dict[str, str]:
+    """Every file that cannot be used and why; with policy 'error' that stops the run here."""
+    bad = {**layout.not_images, **decoded.bad_files()}
+    if bad and policy == "error":
+        lines = "\n".join(f"  {layout.root / f}: {why}" for f, why in sorted(bad.items()))
+        raise PneumoError(
+            f"{len(bad)} unusable file(s) in {layout.root} (fix or remove them, or pass --on-bad-image skip):\n{lines}"
+        )
+    for f, why in sorted(bad.items()):
+        console.warn(f"skipping {f}: {why}")
+    return bad
+
+
+def run_training(args: Namespace, should_stop=lambda: False) -> int:
+    """Run (or resume) the whole job in this process; returns the exit status."""
+    started = time.monotonic()
+    validate(args)
+    accelerator = make_accelerator(args.mixed_precision)
+    rank, world, is_main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    console.set_process(rank, world)
+    threads = set_threads(args.threads)
+    data_dir, synthetic = resolve_data_dir(args.data_dir)
+    config = {**vars(args), "data_dir": str(data_dir), "mixed_precision": accelerator.mixed_precision}
+    run_dir = Path(args.output_dir).expanduser().resolve()
+    mode = rundir.decide(run_dir, config, resume=args.resume, overwrite=args.overwrite)
+    if is_main:
+        console.log(
+            f"{world} process(es), device {accelerator.device}, {threads} thread(s) each, "
+            f"mixed precision {accelerator.mixed_precision}; run directory {run_dir} ({mode})"
+        )
+        if synthetic:
+            console.log(
+                f"USING THE BUILT-IN SYNTHETIC DATASET at {data_dir}: generated images, not real X-rays. "
+                "Pass --data-dir PATH/chest_xray for the real data.",
+                style="bold red",
+            )
+    layout = scan(data_dir)
+    decoded = decode_images(layout, args, args.workers if args.workers >= 0 else available_cpus())
+    bad = unusable_images(layout, decoded, args.on_bad_image)
+    splits = build_splits(layout, decoded, args)
+    fingerprint = rundir.data_fingerprint(decoded.files, decoded.sha1)
+    if mode == "resume":
+        rundir.check_same_data(run_dir, fingerprint)
+    if is_main:
+        grouping = "duplicates" if args.no_group else "patient"
+        info = rundir.run_info(data_dir, fingerprint, world, {"synthetic": synthetic, "skipped_images": len(bad)})
+        rundir.initialise(run_dir, mode, config, splits.folds_json(seed=args.seed, grouping=grouping), info)
+        if bad:
+            atomic_write_json(run_dir / SKIPPED, bad)
+    accelerator.wait_for_everyone()
+
+    env = FoldEnv(
+        args,
+        run_dir,
+        accelerator.device,
+        accelerator.autocast,
+        accelerator.mixed_precision,
+        args.workers if args.workers >= 0 else threads,
+    )
+    for fold in folds_for_process(args.folds, rank, world):
+        if (fold_dir(run_dir, fold) / RESULT).exists():
+            console.log(f"fold {fold}: already finished, skipping")
+            continue
+        console.log(f"fold {fold}: training on process {rank}")
+        try:
+            if train_fold(fold, splits, decoded, env, should_stop) is None:
+                console.log(f"fold {fold}: stopped; state saved, run the same command again to resume")
+                return EXIT_STOPPED
+        except NonFiniteLossError as exc:
+            console.warn(f"fold {fold} failed: {exc}; its last good checkpoint is kept, the other folds go on")
+            atomic_write_json(fold_dir(run_dir, fold) / RESULT, {"fold": fold, "status": "failed", "reason": str(exc)})
+    if not is_main:
+        return EXIT_OK
+
+    results_files = [fold_dir(run_dir, k) / RESULT for k in range(args.folds)]
+    waiting = lambda missing: console.log(f"waiting for {len(missing)} fold(s) on other processes")
+    if not wait_for(results_files, should_stop, on_wait=waiting):
+        return EXIT_STOPPED
+    fold_results = read_fold_results(run_dir, args.folds)
+    if not any(r["status"] == "done" for r in fold_results):
+        raise PneumoError(f"every fold failed; see {run_dir}/fold*/result.json")
+    header = {
+        "model": args.model,
+        "data_dir": str(data_dir),
+        "synthetic": synthetic,
+        "image_size": args.image_size,
+        "epochs": args.epochs,
+        "n_folds": args.folds,
+        "processes": world,
+        "mixed_precision": accelerator.mixed_precision,
+        "wall_seconds": round(time.monotonic() - started, 1),
+    }
+    results = build_results(run_dir, fold_results, splits.classes, splits.positive, header)
+    table = summary_table(results)
+    console.console.print(table)
+    with console.console.capture() as captured:
+        console.console.print(table)
+    (run_dir / SUMMARY).write_text(captured.get(), encoding="utf-8")
+    console.log(f"results: {run_dir / 'results.json'}  (wall time {header['wall_seconds']:.0f}s)")
+    console.log(json.dumps({"oof_accuracy": results["oof"]["accuracy"], "oof_roc_auc": results["oof"]["roc_auc"]}))
+    return EXIT_OK

@@ -52,10 +52,28 @@ def make_accelerator(mixed_precision: str | None):
 
     # Processes meet only once after data preparation; allow a long cache build elsewhere.
     handler = InitProcessGroupKwargs(timeout=timedelta(hours=6))
+    # Without a GPU, torchrun-launched processes (`accelerate launch --multi_gpu`) only form a
+    # gloo process group when Accelerate is told to use the CPU.
+    cpu = not torch.cuda.is_available()
     try:
-        return Accelerator(mixed_precision=mixed_precision, kwargs_handlers=[handler])
+        accelerator = Accelerator(mixed_precision=mixed_precision, cpu=cpu, kwargs_handlers=[handler])
     except ValueError as exc:
         raise PneumoError(f"--mixed-precision {mixed_precision}: {exc}") from exc
+    if accelerator.num_processes == 1 and single_process_cpu_launch():
+        from pneumo import console
+
+        console.warn(
+            "`accelerate launch --cpu --num_processes N` starts ONE process unless mpirun is configured "
+            "(accelerate issue #2741): this process trains every fold in turn. For N CPU processes use "
+            "`accelerate launch --multi_gpu --num_processes N train.py ...` (see README)."
+        )
+    return accelerator
+
+
+def single_process_cpu_launch() -> bool:
+    """True when `accelerate launch --cpu --num_processes N>1` ran its single-process launcher."""
+    env = os.environ
+    return env.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_ADDR" in env and "WORLD_SIZE" not in env
 
 
 def wait_for(

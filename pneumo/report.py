@@ -104,47 +104,40 @@ def build_results(
     return results
 
 
-def _fmt(metrics: dict | None, key: str) -> str:
+KEYS = ("accuracy", "roc_auc", "sensitivity", "specificity")
+NAMES = ("acc", "AUC", "sens", "spec")
+
+
+def _cell(metrics: dict | None, key: str) -> str:
     value = (metrics or {}).get(key)
+    if isinstance(value, dict):  # a mean ± std summary
+        return "-" if value.get("mean") is None else f"{value['mean']:.3f} ± {value['std']:.3f}"
     return "-" if value is None else f"{value:.3f}"
 
 
-def _fmt_ms(summary: dict | None, key: str) -> str:
-    item = (summary or {}).get(key) or {}
-    return "-" if item.get("mean") is None else f"{item['mean']:.3f} ± {item['std']:.3f}"
+def metrics_table(title: str, sections: list[str], rows: list[tuple[str, list[dict | None]]]) -> Table:
+    """A table with, per section (val, test, ...), accuracy, AUC, sensitivity and specificity."""
+    table = Table(title=title)
+    table.add_column("")
+    for section in sections:
+        for name in NAMES:
+            table.add_column(f"{section} {name}", justify="right")
+    for label, metrics in rows:
+        table.add_row(label, *[_cell(m, k) for m in metrics for k in KEYS])
+    return table
 
 
 def summary_table(results: dict, split: str = "test") -> Table:
-    """Per fold, mean ± std, out-of-fold and ensemble: accuracy, AUC, sensitivity, specificity."""
-    keys = ("accuracy", "roc_auc", "sensitivity", "specificity")
-    names = ("acc", "AUC", "sens", "spec")
-    has_split = split in results.get("ensemble", {})
-    table = Table(title=f"{results.get('model', '')} {len(results['folds_done'])}-fold cross-validation")
-    table.add_column("")
-    for name in names:
-        table.add_column(f"val {name}", justify="right")
-    if has_split:
-        for name in names:
-            table.add_column(f"{split} {name}", justify="right")
+    """Per fold, mean ± std, out-of-fold and ensemble rows, for validation and `split`."""
+    sections = ["val"] + ([split] if split in results["ensemble"] else [])
+    with_split = len(sections) == 2
+    rows: list[tuple[str, list[dict | None]]] = []
     for r in results["folds"]:
-        if r["status"] != "done":
-            table.add_row(
-                f"fold {r['fold']}", f"failed: {r.get('reason', '')}"[:40], *[""] * (len(keys) * (1 + has_split) - 1)
-            )
-            continue
-        cells = [_fmt(r["val"], k) for k in keys]
-        if has_split:
-            cells += [_fmt(r["splits"].get(split), k) for k in keys]
-        table.add_row(f"fold {r['fold']}", *cells)
+        name = f"fold {r['fold']}" if r["status"] == "done" else f"fold {r['fold']} (failed)"
+        rows.append((name, [r.get("val"), *([r.get("splits", {}).get(split)] if with_split else [])]))
     cv = results["cross_validation"]
-    table.add_row(
-        "mean ± std",
-        *[_fmt_ms(cv["val"], k) for k in keys],
-        *([_fmt_ms(cv.get(split), k) for k in keys] if has_split else []),
-    )
-    table.add_row("out-of-fold", *[_fmt(results["oof"], k) for k in keys], *(["-"] * len(keys) if has_split else []))
-    if has_split:
-        table.add_row(
-            "ensemble", *(["-"] * len(keys)), *[_fmt(results["ensemble"][split], k) for k in keys], style="bold"
-        )
-    return table
+    rows.append(("mean ± std", [cv["val"], *([cv[split]] if with_split else [])]))
+    rows.append(("out-of-fold", [results["oof"], *([None] if with_split else [])]))
+    if with_split:
+        rows.append(("ensemble", [None, results["ensemble"][split]]))
+    return metrics_table(f"{results['model']} {len(results['folds_done'])}-fold cross-validation", sections, rows)

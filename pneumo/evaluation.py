@@ -1,0 +1,111 @@
+"""Re-evaluate a finished run's fold ensemble on a split, or predict arbitrary images."""
+
+from __future__ import annotations
+
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pneumo import console
+from pneumo.cache import decode_file
+from pneumo.dataset import expand_image_paths, scan
+from pneumo.distributed import available_cpus, make_accelerator, set_threads
+from pneumo.engine import predict
+from pneumo.ensemble import BEST, FoldModel, load_fold_model, mean_probs
+from pneumo.errors import PneumoError
+from pneumo.fsutil import atomic_write_json, atomic_write_text, read_json
+from pneumo.loader import PixelDataset, eval_batches, make_loader
+from pneumo.metrics import report_text
+from pneumo.predictions import write_predictions
+from pneumo.report import evaluate_split, write_split_predictions
+from pneumo.rundir import read_config
+from pneumo.runner import decode_images, unusable_images
+from pneumo.trainer import RESULT, fold_dir
+
+
+def _done_folds(run_dir: Path, n_folds: int) -> list[int]:
+    missing = [k for k in range(n_folds) if not (fold_dir(run_dir, k) / RESULT).exists()]
+    if missing:
+        raise PneumoError(f"{run_dir}: fold(s) {missing} have not finished; resume the run (train.py) first")
+    return [k for k in range(n_folds) if read_json(fold_dir(run_dir, k) / RESULT)["status"] == "done"]
+
+
+def _load_models(run_dir: Path, config: dict, device: torch.device) -> list[FoldModel]:
+    folds = _done_folds(run_dir, int(config["folds"]))
+    return [load_fold_model(fold_dir(run_dir, k) / BEST, device, expect_model=config["model"]) for k in folds]
+
+
+def evaluate_run(run_dir: Path, args: Namespace) -> dict:
+    """Each fold model and the ensemble on `args.split`; written to run_dir/evaluation/<split>/."""
+    config = read_config(run_dir)
+    accelerator = make_accelerator(args.mixed_precision or config["mixed_precision"])
+    set_threads(args.threads)
+    models = _load_models(run_dir, config, accelerator.device)
+    layout = scan(args.data_dir or config["data_dir"])
+    if args.split not in layout.splits or not len(layout.splits[args.split]):
+        raise PneumoError(
+            f"--split {args.split}: no such split with images in {layout.root} (has {sorted(layout.splits)})"
+        )
+    classes, positive = layout.classes, layout.positive_index
+    if list(classes) != models[0].meta["classes"]:
+        raise PneumoError(f"{layout.root}: classes {list(classes)} differ from the run's {models[0].meta['classes']}")
+    args.image_size = int(models[0].meta["image_size"])
+    decoded = decode_images(layout, args, args.workers if args.workers >= 0 else available_cpus())
+    unusable_images(layout, decoded, args.on_bad_image)
+    index = decoded.index_of()
+    idx = np.asarray([index[f] for f in layout.splits[args.split].files if index[f] not in decoded.errors])
+    files = [decoded.files[i] for i in idx]
+    labels = layout.splits[args.split].labels[[layout.splits[args.split].files.index(f) for f in files]]
+    loader = make_loader(PixelDataset(decoded), eval_batches(idx, args.batch_size), accelerator.device, 0)
+    per_fold = predict([(m.model, m.norm) for m in models], loader, accelerator.device, accelerator.autocast)
+    folds = [m.fold for m in models]
+    section = {
+        "split": args.split,
+        "data_dir": str(layout.root),
+        **evaluate_split(files, labels, per_fold, folds, classes, positive),
+    }
+    out = run_dir / "evaluation" / args.split
+    atomic_write_json(out / "results.json", section)
+    atomic_write_text(out / "classification_report.txt", report_text(labels, mean_probs(per_fold), classes))
+    write_split_predictions(out / "predictions.csv", files, labels, per_fold, folds, classes, positive)
+    console.log(f"{args.split}: ensemble of folds {folds} on {len(files)} images -> {out}")
+    return section
+
+
+def predict_images(run_dir: Path, args: Namespace) -> Path:
+    """Ensemble probabilities for image files/folders; written as CSV to `args.out`."""
+    config = read_config(run_dir)
+    accelerator = make_accelerator(args.mixed_precision or config["mixed_precision"])
+    set_threads(args.threads)
+    models = _load_models(run_dir, config, accelerator.device)
+    size, classes = int(models[0].meta["image_size"]), models[0].meta["classes"]
+    paths = expand_image_paths(args.images)
+    decoded, bad = [], {}
+    for path in paths:
+        arr, _, err = decode_file(path, size)
+        if arr is None:
+            bad[str(path)] = err
+        else:
+            decoded.append((str(path), arr))
+    if bad and (args.on_bad_image == "error" or not decoded):
+        lines = "\n".join(f"  {p}: {why}" for p, why in bad.items())
+        raise PneumoError(f"--images: {len(bad)} unreadable file(s), nothing written:\n{lines}")
+    for p, why in bad.items():
+        console.warn(f"skipping {p}: {why}")
+    pixels = torch.from_numpy(np.stack([a for _, a in decoded])).unsqueeze(1)
+    batches = [
+        (pixels[i : i + args.batch_size], torch.arange(i, min(i + args.batch_size, len(decoded))))
+        for i in range(0, len(decoded), args.batch_size)
+    ]
+    per_fold = predict([(m.model, m.norm) for m in models], batches, accelerator.device, accelerator.autocast)
+    positive = int(models[0].meta["positive"])
+    out = Path(args.out) if args.out else run_dir / "image_predictions.csv"
+    extra = {
+        f"fold{m.fold}_prob_{classes[positive]}": [repr(float(v)) for v in p[:, positive]]
+        for m, p in zip(models, per_fold)
+    }
+    write_predictions(out, [p for p, _ in decoded], None, mean_probs(per_fold), classes, extra)
+    console.log(f"predicted {len(decoded)} image(s) with the {len(models)}-fold ensemble -> {out}")
+    return out

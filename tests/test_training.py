@@ -1,0 +1,110 @@
+"""The fold-parallel trainer end to end: real launches of train.py on tiny synthetic data."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+
+from conftest import read_jsonl
+from pneumo.metrics import classification_metrics
+from pneumo.predictions import read_predictions
+
+N_FOLDS = 5
+CLASSES = ["NORMAL", "PNEUMONIA"]
+
+
+def test_each_fold_trains_exactly_once_on_its_own_process(run_two):
+    out, proc = run_two
+    starts = re.findall(r"\[rank (\d)\] fold (\d): training on process", proc.stdout)
+    assert sorted(int(f) for _, f in starts) == list(range(N_FOLDS))
+    assert all(int(rank) == int(fold) % 2 for rank, fold in starts)
+    for k in range(N_FOLDS):
+        assert len(read_jsonl(out / f"fold{k}" / "metrics.jsonl")) == 2
+
+
+def test_each_fold_trains_only_on_its_own_training_images(run_two):
+    out, _ = run_two
+    folds = json.loads((out / "folds.json").read_text())["files"]
+    for k in range(N_FOLDS):
+        own_train = {f for f, fold in folds.items() if fold != k}
+        for epoch in (1, 2):
+            seen = json.loads((out / f"fold{k}" / f"samples_epoch{epoch}.json").read_text())
+            assert set(seen) <= own_train
+            assert not any(f.startswith("test/") for f in seen)
+
+
+def test_fold_data_is_not_sharded_and_scheduler_steps_once_per_optimizer_step(run_two):
+    out, _ = run_two
+    folds = json.loads((out / "folds.json").read_text())["files"]
+    for k in range(N_FOLDS):
+        n_train = sum(1 for fold in folds.values() if fold != k)
+        steps = n_train // 8
+        records = read_jsonl(out / f"fold{k}" / "metrics.jsonl")
+        for epoch, r in enumerate(records, start=1):
+            assert r["train_samples"] == steps * 8
+            assert r["optimizer_steps"] == steps
+            assert r["scheduler_steps"] == epoch * steps
+            # Cosine from 1e-3 to 1e-4 over 2 epochs of steps: halfway after epoch 1, eta_min at the end.
+            expected = 1e-4 + (1e-3 - 1e-4) * (1 + math.cos(math.pi * epoch / 2)) / 2
+            assert r["lr"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_two_process_checkpoints_equal_one_process_checkpoints(run_two, run_one):
+    two, one = run_two[0], run_one[0]
+    for k in range(N_FOLDS):
+        assert (two / f"fold{k}" / "best.safetensors").read_bytes() == (one / f"fold{k}" / "best.safetensors").read_bytes()
+        assert (two / f"fold{k}" / "metrics.jsonl").read_text().count("loss") > 0
+    assert (two / "predictions_test.csv").read_text() == (one / "predictions_test.csv").read_text()
+    assert (two / "oof.csv").read_text() == (one / "oof.csv").read_text()
+
+
+def test_run_directory_holds_the_promised_outputs(run_two):
+    out, proc = run_two
+    for name in ("results.json", "oof.csv", "config.yaml", "folds.json", "run_info.json",
+                 "classification_report.txt", "predictions_test.csv", "summary.txt"):
+        assert (out / name).is_file(), name
+    for k in range(N_FOLDS):
+        for name in ("best.safetensors", "state.pt", "metrics.jsonl", "val_predictions.csv", "result.json"):
+            assert (out / f"fold{k}" / name).is_file(), (k, name)
+        assert any((out / f"fold{k}" / "tensorboard").iterdir())
+    assert "ensemble" in proc.stdout and "out-of-fold" in proc.stdout
+
+
+def test_ensemble_metrics_recomputed_from_saved_probabilities_match_results(run_two):
+    out, _ = run_two
+    results = json.loads((out / "results.json").read_text())
+    per_fold = [read_predictions(out / f"fold{k}" / "predictions_test.csv", CLASSES) for k in range(N_FOLDS)]
+    mean = np.mean([p.probs for p in per_fold], axis=0)
+    recomputed = classification_metrics(per_fold[0].labels, mean, CLASSES, 1, per_fold[0].files)
+    assert recomputed == results["ensemble"]["test"]
+    saved = read_predictions(out / "predictions_test.csv", CLASSES)
+    np.testing.assert_array_equal(saved.probs, mean)
+
+
+def test_oof_covers_every_pool_image_once_with_its_own_fold(run_two):
+    out, _ = run_two
+    folds = json.loads((out / "folds.json").read_text())["files"]
+    oof = read_predictions(out / "oof.csv", CLASSES)
+    assert sorted(oof.files) == sorted(folds)
+    results = json.loads((out / "results.json").read_text())
+    assert results["oof"] == classification_metrics(oof.labels, oof.probs, CLASSES, 1, oof.files)
+    for k in range(N_FOLDS):
+        val = read_predictions(out / f"fold{k}" / "val_predictions.csv", CLASSES)
+        assert {folds[f] for f in val.files} == {k}
+
+
+def test_results_report_per_fold_aggregate_and_ensemble_metrics(run_two):
+    results = json.loads((run_two[0] / "results.json").read_text())
+    assert [f["fold"] for f in results["folds"]] == list(range(N_FOLDS))
+    test = results["ensemble"]["test"]
+    for key in ("accuracy", "per_class", "macro_avg", "weighted_avg", "confusion_matrix", "roc_auc",
+                "sensitivity", "specificity", "misclassified"):
+        assert key in test
+    assert sum(map(sum, test["confusion_matrix"]["matrix"])) == test["n"] == 12
+    accs = [f["splits"]["test"]["accuracy"] for f in results["folds"]]
+    assert results["cross_validation"]["test"]["accuracy"]["mean"] == pytest.approx(np.mean(accs))
+    assert results["cross_validation"]["test"]["accuracy"]["std"] == pytest.approx(np.std(accs))

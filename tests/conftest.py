@@ -15,18 +15,46 @@ from pneumo.synthetic import generate
 ROOT = Path(__file__).resolve().parent.parent
 TINY_COUNTS = {"train": (12, 24), "val": (2, 2), "test": (6, 6)}
 # Small and fast: a 0.5M-parameter timm ResNet on 32 px images, 2 epochs, bf16 on the CPU.
-TRAIN_ARGS = ["--model", "test_resnet", "--image-size", "32", "--epochs", "2", "--batch-size", "8",
-              "--mixed-precision", "bf16", "--threads", "1", "--workers", "0"]
+TRAIN_ARGS = [
+    "--model",
+    "test_resnet",
+    "--image-size",
+    "32",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "8",
+    "--mixed-precision",
+    "bf16",
+    "--threads",
+    "1",
+    "--workers",
+    "0",
+]
 
 
-def run_cli(args: list[str], *, processes: int = 1, env: dict | None = None, check: bool = True,
-            timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(
+    args: list[str], *, processes: int = 1, env: dict | None = None, check: bool = True, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """Run a CLI of the repo as a user would: `python SCRIPT` or `accelerate launch` with N processes."""
     if processes > 1:
         # Accelerate's `--cpu` launcher starts one process without mpirun; torchrun it is.
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(29500 + os.getpid() % 1000)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(processes),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(29500 + os.getpid() % 1000),
+        ]
     else:
         cmd = [sys.executable]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -48,9 +76,20 @@ def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
-def train(data: Path, out: Path, cache: Path, *extra: str, processes: int = 1, check: bool = True,
-          env: dict | None = None) -> subprocess.CompletedProcess:
-    args = ["train.py", "--data-dir", str(data), "--output-dir", str(out), "--cache-dir", str(cache), *TRAIN_ARGS, *extra]
+def train(
+    data: Path, out: Path, cache: Path, *extra: str, processes: int = 1, check: bool = True, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    args = [
+        "train.py",
+        "--data-dir",
+        str(data),
+        "--output-dir",
+        str(out),
+        "--cache-dir",
+        str(cache),
+        *TRAIN_ARGS,
+        *extra,
+    ]
     return run_cli(args, processes=processes, check=check, env=env)
 
 

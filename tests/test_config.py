@@ -11,7 +11,16 @@ from pneumo.errors import PneumoError
 def test_defaults_are_the_reference_recipe():
     a = parse_args([])
     assert (a.model, a.image_size, a.epochs, a.batch_size, a.lr, a.weight_decay, a.min_lr, a.dropout, a.folds) == (
-        "resnet18", 224, 10, 32, 1e-3, 1e-4, 1e-4, 0.3, 5)
+        "resnet18",
+        224,
+        10,
+        32,
+        1e-3,
+        1e-4,
+        1e-4,
+        0.3,
+        5,
+    )
     assert (a.opt, a.balance, a.init) == ("adamw", "sampler", "xavier")
 
 

@@ -18,8 +18,14 @@ def _make(root, layout: dict[str, dict[str, int]]) -> None:
 
 
 def test_canonical_layout_gives_classes_pool_and_eval_splits(tmp_path):
-    _make(tmp_path, {"train": {"NORMAL": 3, "PNEUMONIA": 5}, "val": {"NORMAL": 1, "PNEUMONIA": 1},
-                     "test": {"NORMAL": 2, "PNEUMONIA": 2}})
+    _make(
+        tmp_path,
+        {
+            "train": {"NORMAL": 3, "PNEUMONIA": 5},
+            "val": {"NORMAL": 1, "PNEUMONIA": 1},
+            "test": {"NORMAL": 2, "PNEUMONIA": 2},
+        },
+    )
     layout = scan(tmp_path)
     assert layout.classes == ("NORMAL", "PNEUMONIA") and layout.positive_index == 1
     assert len(layout.pool(keep_val_apart=False)) == 10

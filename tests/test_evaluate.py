@@ -7,9 +7,8 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import run_cli
+from PIL import Image
 
 
 def test_evaluate_reproduces_results_from_checkpoints(run_two, cache_dir):

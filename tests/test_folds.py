@@ -19,7 +19,7 @@ def _pool(n_normal_patients: int = 30, n_pneumonia_patients: int = 60, seed: int
             files.append(f"train/NORMAL/IM-{p:04d}-{i + 1:04d}.jpeg")
             labels.append(0)
     for p in range(n_pneumonia_patients):
-        for i in range(rng.integers(1, 4)):
+        for _ in range(rng.integers(1, 4)):
             files.append(f"train/PNEUMONIA/person{p}_bacteria_{len(files)}.jpeg")
             labels.append(1)
     sha1 = [f"hash-{i}" for i in range(len(files))]

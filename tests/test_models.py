@@ -55,7 +55,7 @@ def test_head_only_training_changes_only_the_head():
     set_head_only(model, True)
     train_mode(model, True)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    opt = torch.optim.AdamW([p for p in model.parameters()], lr=1e-2)
+    opt = torch.optim.AdamW(list(model.parameters()), lr=1e-2)
     loss = model(torch.randn(4, 3, 32, 32)).logsumexp(1).mean()
     loss.backward()
     opt.step()

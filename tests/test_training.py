@@ -8,8 +8,8 @@ import re
 
 import numpy as np
 import pytest
+from conftest import TRAIN_ARGS, read_jsonl, run_cli
 
-from conftest import read_jsonl
 from pneumo.metrics import classification_metrics
 from pneumo.predictions import read_predictions
 
@@ -56,7 +56,9 @@ def test_fold_data_is_not_sharded_and_scheduler_steps_once_per_optimizer_step(ru
 def test_two_process_checkpoints_equal_one_process_checkpoints(run_two, run_one):
     two, one = run_two[0], run_one[0]
     for k in range(N_FOLDS):
-        assert (two / f"fold{k}" / "best.safetensors").read_bytes() == (one / f"fold{k}" / "best.safetensors").read_bytes()
+        assert (two / f"fold{k}" / "best.safetensors").read_bytes() == (
+            one / f"fold{k}" / "best.safetensors"
+        ).read_bytes()
         assert (two / f"fold{k}" / "metrics.jsonl").read_text().count("loss") > 0
     assert (two / "predictions_test.csv").read_text() == (one / "predictions_test.csv").read_text()
     assert (two / "oof.csv").read_text() == (one / "oof.csv").read_text()
@@ -64,8 +66,16 @@ def test_two_process_checkpoints_equal_one_process_checkpoints(run_two, run_one)
 
 def test_run_directory_holds_the_promised_outputs(run_two):
     out, proc = run_two
-    for name in ("results.json", "oof.csv", "config.yaml", "folds.json", "run_info.json",
-                 "classification_report.txt", "predictions_test.csv", "summary.txt"):
+    for name in (
+        "results.json",
+        "oof.csv",
+        "config.yaml",
+        "folds.json",
+        "run_info.json",
+        "classification_report.txt",
+        "predictions_test.csv",
+        "summary.txt",
+    ):
         assert (out / name).is_file(), name
     for k in range(N_FOLDS):
         for name in ("best.safetensors", "state.pt", "metrics.jsonl", "val_predictions.csv", "result.json"):
@@ -101,10 +111,31 @@ def test_results_report_per_fold_aggregate_and_ensemble_metrics(run_two):
     results = json.loads((run_two[0] / "results.json").read_text())
     assert [f["fold"] for f in results["folds"]] == list(range(N_FOLDS))
     test = results["ensemble"]["test"]
-    for key in ("accuracy", "per_class", "macro_avg", "weighted_avg", "confusion_matrix", "roc_auc",
-                "sensitivity", "specificity", "misclassified"):
+    for key in (
+        "accuracy",
+        "per_class",
+        "macro_avg",
+        "weighted_avg",
+        "confusion_matrix",
+        "roc_auc",
+        "sensitivity",
+        "specificity",
+        "misclassified",
+    ):
         assert key in test
     assert sum(map(sum, test["confusion_matrix"]["matrix"])) == test["n"] == 12
     accs = [f["splits"]["test"]["accuracy"] for f in results["folds"]]
     assert results["cross_validation"]["test"]["accuracy"]["mean"] == pytest.approx(np.mean(accs))
     assert results["cross_validation"]["test"]["accuracy"]["std"] == pytest.approx(np.std(accs))
+
+
+def test_without_data_dir_trains_on_the_builtin_synthetic_set_and_says_so(tmp_path):
+    out = tmp_path / "demo"
+    cache = tmp_path / "cache"
+    args = ["train.py", "--output-dir", str(out), *TRAIN_ARGS, "--epochs", "1"]
+    proc = run_cli(args, env={"PNEUMO_CACHE": str(cache)})
+    assert "USING THE BUILT-IN SYNTHETIC DATASET" in proc.stdout
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["synthetic"] is True
+    results = json.loads((out / "results.json").read_text())
+    assert results["synthetic"] is True and results["ensemble"]["test"]["accuracy"] >= 0

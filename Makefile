@@ -16,7 +16,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) train.py --output-dir runs/demo --image-size 128 --epochs 3
+	$(PY) train.py --output-dir runs/demo --image-size 64 --epochs 10
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -13,15 +13,14 @@ import sys
 from pathlib import Path
 
 from pneumo import console
+from pneumo.config import HelpFormatter
 from pneumo.errors import PneumoError
 from pneumo.evaluation import evaluate_run, predict_images
 from pneumo.report import metrics_table
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     p.add_argument("run_dir", type=str, help="a run directory written by train.py")
     p.add_argument("--data-dir", type=str, default=None, help="dataset root (default: the one the run trained on)")
     p.add_argument("--split", type=str, default="test", help="split folder to evaluate")

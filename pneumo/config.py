@@ -18,6 +18,15 @@ NON_RESULT_KEYS = frozenset(
 )
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults, except None and False ones (their help text says what happens)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def default_cache_dir() -> Path:
     """$PNEUMO_CACHE, else $XDG_CACHE_HOME/pneumo, else ~/.cache/pneumo."""
     if os.environ.get("PNEUMO_CACHE"):
@@ -30,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Train one timm model per cross-validation fold (folds run in parallel across "
         "processes) and evaluate the fold ensemble on the test split.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     g = p.add_argument_group("data")
     g.add_argument(

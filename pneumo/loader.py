@@ -49,6 +49,9 @@ def make_loader(dataset: PixelDataset, batches: list[np.ndarray], device: torch.
         collate_fn=_keep_batch,
         num_workers=0 if dataset.decoded.pixels is not None else workers,
         pin_memory=device.type == "cuda",
+        # Its own generator: starting an iterator must not draw from the global RNG that
+        # dropout uses, or a fold resumed mid-epoch would see different dropout masks.
+        generator=torch.Generator().manual_seed(0),
     )
 
 

@@ -33,34 +33,42 @@ TRAIN_ARGS = [
 ]
 
 
+def launch_command(args: list[str], processes: int = 1) -> list[str]:
+    """`python SCRIPT ARGS`, or a real `accelerate launch` of it with N processes on this machine."""
+    if processes == 1:
+        return [sys.executable, *args]
+    # Accelerate's `--cpu` launcher starts one process without mpirun; torchrun it is.
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(29500 + os.getpid() % 1000),
+        *args,
+    ]
+
+
+def cli_env(env: dict | None = None) -> dict:
+    return {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+
+
 def run_cli(
     args: list[str], *, processes: int = 1, env: dict | None = None, check: bool = True, timeout: float = 300
 ) -> subprocess.CompletedProcess:
     """Run a CLI of the repo as a user would: `python SCRIPT` or `accelerate launch` with N processes."""
-    if processes > 1:
-        # Accelerate's `--cpu` launcher starts one process without mpirun; torchrun it is.
-        cmd = [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            str(processes),
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--main_process_port",
-            str(29500 + os.getpid() % 1000),
-        ]
-    else:
-        cmd = [sys.executable]
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    proc = subprocess.run(cmd + args, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+    cmd = launch_command(args, processes)
+    proc = subprocess.run(cmd, cwd=ROOT, env=cli_env(env), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{cmd + args} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
 
 
@@ -76,10 +84,9 @@ def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
-def train(
-    data: Path, out: Path, cache: Path, *extra: str, processes: int = 1, check: bool = True, env: dict | None = None
-) -> subprocess.CompletedProcess:
-    args = [
+def train_args(data: Path, out: Path, cache: Path, *extra: str) -> list[str]:
+    """train.py's command line for the tiny test runs (later flags in `extra` win)."""
+    return [
         "train.py",
         "--data-dir",
         str(data),
@@ -90,7 +97,12 @@ def train(
         *TRAIN_ARGS,
         *extra,
     ]
-    return run_cli(args, processes=processes, check=check, env=env)
+
+
+def train(
+    data: Path, out: Path, cache: Path, *extra: str, processes: int = 1, check: bool = True, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    return run_cli(train_args(data, out, cache, *extra), processes=processes, check=check, env=env)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,165 @@
+"""Kills, preemption signals and resumes: a resumed run ends exactly like an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, cli_env, launch_command, read_jsonl, run_cli, train_args
+
+from pneumo.synthetic import generate
+
+# Long enough epochs (~1 s) that a kill timed at half an epoch lands mid-epoch.
+RESUME_ARGS = ("--model", "resnet18", "--image-size", "48", "--folds", "2", "--epochs", "3")
+EXIT_STOPPED = 75
+TIMING_KEYS = {"wall_seconds", "seconds", "processes"}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("resume-data") / "chest_xray"
+    generate(root, counts={"train": (40, 120), "test": (6, 6)}, seed=5)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("resume-cache")
+
+
+@pytest.fixture(scope="module")
+def reference(data, cache, tmp_path_factory) -> Path:
+    """The same run, never interrupted."""
+    out = tmp_path_factory.mktemp("resume-runs") / "reference"
+    run_cli(train_args(data, out, cache, *RESUME_ARGS), processes=2)
+    return out
+
+
+@pytest.fixture
+def fake_slurm(tmp_path) -> tuple[dict, Path]:
+    """SLURM_JOB_ID set and an `scontrol` on PATH that records its arguments."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "scontrol.log"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    scontrol.chmod(0o755)
+    return {"SLURM_JOB_ID": "4242", "PATH": f"{bin_dir}:{os.environ['PATH']}"}, calls
+
+
+def _strip_timing(obj):
+    if isinstance(obj, dict):
+        return {k: _strip_timing(v) for k, v in obj.items() if k not in TIMING_KEYS}
+    if isinstance(obj, list):
+        return [_strip_timing(v) for v in obj]
+    return obj
+
+
+def _assert_same_run(run: Path, reference: Path) -> None:
+    for k in range(2):
+        fold, ref = run / f"fold{k}", reference / f"fold{k}"
+        assert (fold / "best.safetensors").read_bytes() == (ref / "best.safetensors").read_bytes()
+        assert _strip_timing(read_jsonl(fold / "metrics.jsonl")) == _strip_timing(read_jsonl(ref / "metrics.jsonl"))
+    results = json.loads((run / "results.json").read_text())
+    assert _strip_timing(results) == _strip_timing(json.loads((reference / "results.json").read_text()))
+    assert (run / "oof.csv").read_text() == (reference / "oof.csv").read_text()
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"run ended before {path} appeared:\n{proc.communicate()[0][-3000:]}"
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.02)
+
+
+def _mid_epoch_of_epoch_two(fold_dir: Path, proc: subprocess.Popen) -> None:
+    """Return about half an epoch after the fold's epoch-1 state was written."""
+    _wait_for(fold_dir / "state.pt", proc)
+    epoch_seconds = read_jsonl(fold_dir / "metrics.jsonl")[0]["seconds"]
+    time.sleep(epoch_seconds / 2)
+
+
+def _workers(launcher_pid: int) -> dict[int, int]:
+    """rank -> pid of the worker processes `accelerate launch` started."""
+    children = Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children").read_text().split()
+    ranks = {}
+    for pid in map(int, children):
+        env = dict(item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
+        if "RANK" in env:
+            ranks[int(env["RANK"])] = pid
+    return ranks
+
+
+def test_sigkill_of_one_process_mid_epoch_then_resume_equals_uninterrupted(
+    data, cache, reference, tmp_path, fake_slurm
+):
+    env, scontrol_calls = fake_slurm
+    out = tmp_path / "killed"
+    cmd = launch_command(train_args(data, out, cache, *RESUME_ARGS), processes=2)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=cli_env(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        _mid_epoch_of_epoch_two(out / "fold1", proc)
+        os.kill(_workers(proc.pid)[1], signal.SIGKILL)
+        log = proc.communicate(timeout=120)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    assert not (out / "results.json").exists()
+    # The launcher stopped rank 0 with SIGTERM: it saved its fold mid-epoch and did not requeue.
+    assert "received SIGTERM" in log
+    assert not scontrol_calls.exists()
+    assert len(read_jsonl(out / "fold1" / "metrics.jsonl")) == 1
+
+    resumed = run_cli(train_args(data, out, cache, *RESUME_ARGS), processes=2)
+    assert "fold 1: resuming at epoch 2" in resumed.stdout
+    _assert_same_run(out, reference)
+
+
+def test_sigusr1_under_slurm_saves_mid_epoch_requeues_and_resumes_exactly(data, cache, reference, tmp_path, fake_slurm):
+    env, scontrol_calls = fake_slurm
+    out = tmp_path / "preempted"
+    cmd = launch_command(train_args(data, out, cache, *RESUME_ARGS))
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=cli_env(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        _mid_epoch_of_epoch_two(out / "fold0", proc)
+        proc.send_signal(signal.SIGUSR1)
+        log = proc.communicate(timeout=120)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == EXIT_STOPPED, log[-3000:]
+    assert "received SIGUSR1" in log
+    assert scontrol_calls.read_text().split() == ["requeue", "4242"]
+    assert not (out / "fold1").exists()
+    match = [line for line in log.splitlines() if "state saved" in line]
+    assert match, log[-3000:]
+
+    resumed = run_cli(train_args(data, out, cache, *RESUME_ARGS), env=env)
+    line = next(s for s in resumed.stdout.splitlines() if "fold 0: resuming" in s)
+    step = int(line.rsplit("step ", 1)[1])
+    assert "epoch 2" in line and step > 0  # stopped in the middle of epoch 2, not at its start
+    _assert_same_run(out, reference)
+    assert scontrol_calls.read_text().split() == ["requeue", "4242"]  # a finished run asks nothing
+
+
+def test_finished_folds_are_skipped_on_resume(reference, data, cache):
+    before = {p: p.stat().st_mtime_ns for p in reference.glob("fold*/best.safetensors")}
+    proc = run_cli(train_args(data, reference, cache, *RESUME_ARGS, "--resume"))
+    assert proc.stdout.count("already finished, skipping") == 2
+    assert {p: p.stat().st_mtime_ns for p in reference.glob("fold*/best.safetensors")} == before
+
+
+def test_a_different_config_is_refused_naming_the_keys(reference, data, cache):
+    proc = run_cli(train_args(data, reference, cache, *RESUME_ARGS, "--lr", "0.01", "--epochs", "4"), check=False)
+    assert proc.returncode == 2
+    assert "epochs: 3 -> 4" in proc.stderr and "lr: 0.001 -> 0.01" in proc.stderr
+    assert "--overwrite" in proc.stderr
+    assert (reference / "results.json").exists()

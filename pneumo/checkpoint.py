@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
 from pathlib import Path
@@ -10,11 +11,11 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from pneumo.errors import PneumoError
-from pneumo.fsutil import atomic_path
+from pneumo.fsutil import atomic_write_bytes
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -25,8 +26,8 @@ def unwrap(model: nn.Module) -> nn.Module:
 def save_weights(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
     """Write the model's weights and `meta` (JSON) to one safetensors file, atomically."""
     state = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"pneumo": json.dumps(meta)})
+    # Serialised in memory, written by Python: a full disk surfaces as an OSError we report.
+    atomic_write_bytes(path, save(state, metadata={"pneumo": json.dumps(meta)}))
 
 
 def load_weights_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -42,9 +43,11 @@ def load_weights_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
-    """torch.save a dict of tensors and plain values, atomically."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """torch.save a dict of tensors and plain values, atomically (serialised in memory first, so a
+    full disk surfaces as an OSError rather than torch's opaque writer error)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getbuffer())
 
 
 def load_state(path: Path) -> dict[str, Any]:

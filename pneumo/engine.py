@@ -75,7 +75,7 @@ def train_one_epoch(
         loss = t.criterion(logits.float(), y)
         value = loss.item()
         if not math.isfinite(value):
-            raise NonFiniteLossError(f"training loss became {value} at step {totals.step + 1}")
+            raise NonFiniteLossError(f"training loss became {value} at step {totals.step + 1} of the epoch")
         t.optimizer.zero_grad(set_to_none=True)
         t.scaler.scale(loss).backward()
         t.scaler.step(t.optimizer)

@@ -15,6 +15,9 @@ from typing import Any
 
 from pneumo.errors import PneumoError
 
+# Errors a user can act on (space, quota, file size limit, permissions, a file where a directory should be).
+WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOTDIR)
+
 
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
@@ -54,7 +57,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         _fsync_dir(path.parent)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM):
+        if exc.errno in WRITE_ERRORS:
             raise PneumoError(f"cannot write {path}: {exc.strerror}; nothing was left behind") from exc
         raise
     except BaseException:
@@ -62,7 +65,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | memoryview) -> None:
     """Write `data` to `path` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
@@ -107,3 +110,19 @@ def file_lock(path: str | os.PathLike[str], poll_s: float = 0.2) -> Iterator[Non
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def check_writable(directory: Path, option: str) -> None:
+    """Fail fast, creating nothing, when `directory` could not be created and written to."""
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise PneumoError(f"{option} {directory}: {existing} is a file, not a directory; choose another path")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise PneumoError(
+            f"{option} {directory}: cannot write in {existing} ({exc.strerror}); choose another path"
+        ) from exc

@@ -13,10 +13,10 @@ from pneumo.config import default_cache_dir, validate
 from pneumo.dataset import Layout, scan
 from pneumo.distributed import available_cpus, folds_for_process, make_accelerator, set_threads, wait_for
 from pneumo.errors import NonFiniteLossError, PneumoError
-from pneumo.fsutil import atomic_write_json
+from pneumo.fsutil import atomic_write_json, check_writable, read_json
 from pneumo.report import SUMMARY, build_results, read_fold_results, summary_table
 from pneumo.splits import build_splits
-from pneumo.trainer import RESULT, FoldEnv, fold_dir, train_fold
+from pneumo.trainer import RESULT, STATE, FoldEnv, fold_dir, train_fold
 
 SKIPPED = "skipped_images.json"
 EXIT_OK = 0
@@ -75,6 +75,7 @@ def run_training(args: Namespace, should_stop=lambda: False) -> int:
     config = {**vars(args), "data_dir": str(data_dir), "mixed_precision": accelerator.mixed_precision}
     run_dir = Path(args.output_dir).expanduser().resolve()
     mode = rundir.decide(run_dir, config, resume=args.resume, overwrite=args.overwrite)
+    check_writable(run_dir, "--output-dir")
     if is_main:
         console.log(
             f"{world} process(es), device {accelerator.device}, {threads} thread(s) each, "
@@ -110,8 +111,11 @@ def run_training(args: Namespace, should_stop=lambda: False) -> int:
         args.workers if args.workers >= 0 else threads,
     )
     for fold in folds_for_process(args.folds, rank, world):
-        if (fold_dir(run_dir, fold) / RESULT).exists():
-            console.log(f"fold {fold}: already finished, skipping")
+        out = fold_dir(run_dir, fold)
+        if (out / RESULT).exists():
+            status = read_json(out / RESULT)["status"]
+            hint = "" if status == "done" else f" (delete {out} to train it again)"
+            console.log(f"fold {fold}: already {status}, skipping{hint}")
             continue
         console.log(f"fold {fold}: training on process {rank}")
         try:
@@ -119,8 +123,9 @@ def run_training(args: Namespace, should_stop=lambda: False) -> int:
                 console.log(f"fold {fold}: stopped; state saved, run the same command again to resume")
                 return EXIT_STOPPED
         except NonFiniteLossError as exc:
-            console.warn(f"fold {fold} failed: {exc}; its last good checkpoint is kept, the other folds go on")
-            atomic_write_json(fold_dir(run_dir, fold) / RESULT, {"fold": fold, "status": "failed", "reason": str(exc)})
+            kept = "its last good epoch's checkpoint is kept" if (out / STATE).exists() else "it had no checkpoint yet"
+            console.warn(f"fold {fold} failed: {exc}; {kept}; the other folds go on")
+            atomic_write_json(out / RESULT, {"fold": fold, "status": "failed", "reason": str(exc)})
     if not is_main:
         return EXIT_OK
 

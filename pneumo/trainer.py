@@ -23,6 +23,7 @@ from pneumo.cache import DecodedImages, norm_stats
 from pneumo.checkpoint import load_state, save_state, save_weights
 from pneumo.engine import Autocast, EpochTotals, Trainable, predict, train_one_epoch
 from pneumo.ensemble import BEST, load_fold_model
+from pneumo.errors import NonFiniteLossError
 from pneumo.fsutil import atomic_write_json
 from pneumo.loader import PixelDataset, eval_batches, make_loader, steps_per_epoch, train_batches
 from pneumo.metrics import classification_metrics, epoch_metrics
@@ -197,7 +198,11 @@ def train_fold(
                 train_idx, splits.labels[train_idx], n_classes, cfg.batch_size, sampler, cfg.balance == "sampler"
             )
             loader = make_loader(dataset, batches[p.totals.step :], device, env.workers)
-            if not train_one_epoch(t, loader, labels, norm, aug, p.totals, device, env.autocast, should_stop):
+            try:
+                finished = train_one_epoch(t, loader, labels, norm, aug, p.totals, device, env.autocast, should_stop)
+            except NonFiniteLossError as exc:
+                raise NonFiniteLossError(f"epoch {p.epoch + 1}: {exc}") from exc
+            if not finished:
                 _save(out / STATE, fold, t, p, aug, device)
                 return None
             val_probs = predict(

@@ -1,0 +1,142 @@
+"""Failures lose nothing: NaN losses, full disks, unwritable outputs, hostile checkpoints."""
+
+from __future__ import annotations
+
+import errno
+import json
+import pickle
+import resource
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, TRAIN_ARGS, cli_env, launch_command, run_cli, train, train_args
+from torch import nn
+
+import pneumo.trainer
+from pneumo.checkpoint import load_state, load_weights_file
+from pneumo.config import parse_args
+from pneumo.errors import PneumoError
+from pneumo.fsutil import atomic_write_bytes
+from pneumo.runner import run_training
+
+
+class _NanAfter(nn.Module):
+    """The wrapped loss, then NaN from call `after + 1` on."""
+
+    def __init__(self, inner: nn.Module, after: int) -> None:
+        super().__init__()
+        self.inner, self.after, self.calls = inner, after, 0
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        loss = self.inner(logits, target)
+        return loss * float("nan") if self.calls > self.after else loss
+
+
+def test_nan_loss_stops_only_that_fold_and_keeps_its_last_good_checkpoint(tiny_data, cache_dir, tmp_path, monkeypatch):
+    current = {}
+    real_seeds, real_build = pneumo.trainer.fold_seeds, pneumo.trainer._build
+
+    def seeds(seed: int, fold: int):
+        current["fold"] = fold
+        return real_seeds(seed, fold)
+
+    def build(cfg, device, mixed_precision, class_counts, n_steps):
+        t = real_build(cfg, device, mixed_precision, class_counts, n_steps)
+        if current["fold"] == 1:
+            t.criterion = _NanAfter(t.criterion, after=n_steps + 1)  # NaN at step 2 of epoch 2
+        return t
+
+    monkeypatch.setattr(pneumo.trainer, "fold_seeds", seeds)
+    monkeypatch.setattr(pneumo.trainer, "_build", build)
+    out = tmp_path / "nan"
+    args = parse_args(train_args(tiny_data, out, cache_dir)[1:])
+    assert run_training(args) == 0
+
+    failed = json.loads((out / "fold1" / "result.json").read_text())
+    assert failed["status"] == "failed" and "epoch 2" in failed["reason"] and "nan" in failed["reason"]
+    assert load_state(out / "fold1" / "state.pt")["epoch"] == 1
+    _, meta = load_weights_file(out / "fold1" / "best.safetensors")
+    assert meta["epoch"] == 1
+    results = json.loads((out / "results.json").read_text())
+    assert [f["fold"] for f in results["folds_failed"]] == [1]
+    assert sorted(results["folds_done"]) == [0, 2, 3, 4]
+
+
+def test_every_fold_diverging_is_a_clear_error(tiny_data, cache_dir, tmp_path):
+    proc = train(tiny_data, tmp_path / "diverged", cache_dir, "--lr", "1e30", check=False)
+    assert proc.returncode == 2
+    assert "error: every fold failed" in proc.stderr
+    assert proc.stdout.count("training loss became nan") == 5
+    assert not (tmp_path / "diverged" / "results.json").exists()
+
+
+def _file_size_limit(limit: int):
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+@pytest.mark.parametrize(("limit", "fails_at"), [(1_000_000, "best.safetensors"), (3_000_000, "state.pt")])
+def test_a_full_disk_is_a_clear_error_leaving_no_partial_file(tiny_data, cache_dir, tmp_path, limit, fails_at):
+    # A file size limit makes a checkpoint write fail like a full disk: the weights file (1.5 MB)
+    # or the training state (4.6 MB).
+    out = tmp_path / "full"
+    cmd = launch_command(train_args(tiny_data, out, cache_dir))
+    proc = subprocess.run(
+        cmd, cwd=ROOT, env=cli_env(), capture_output=True, text=True, preexec_fn=_file_size_limit(limit), timeout=300
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"error: cannot write {out / 'fold0' / fails_at}: File too large; nothing was left behind" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not list(out.rglob("*.tmp"))
+    assert not (out / "fold0" / fails_at).exists()
+
+
+def test_atomic_write_keeps_the_old_file_when_the_disk_fills(tmp_path, monkeypatch):
+    target = tmp_path / "results.json"
+    target.write_text("old")
+
+    def full_disk(*_args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("pneumo.fsutil.os.replace", full_disk)
+    with pytest.raises(PneumoError, match="No space left on device"):
+        atomic_write_bytes(target, b"new")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_an_output_dir_that_cannot_be_created_fails_before_any_work(tiny_data, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    cache = tmp_path / "cache"
+    args = ["train.py", "--data-dir", str(tiny_data), "--output-dir", str(blocker / "run"), "--cache-dir", str(cache)]
+    proc = run_cli([*args, *TRAIN_ARGS], check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: --output-dir {blocker / 'run'}: {blocker} is a file, not a directory; choose another path"
+    ]
+    assert not cache.exists()  # refused before decoding anything
+
+
+class _Payload:
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_a_checkpoint_carrying_a_pickle_payload_is_refused_not_run(tmp_path):
+    marker = tmp_path / "payload-ran"
+    _Payload.marker = str(marker)
+    evil = tmp_path / "state.pt"
+    torch.save({"model": {}, "surprise": _Payload()}, evil)
+    with pytest.raises(PneumoError, match="refused to load"):
+        load_state(evil)
+    assert not marker.exists()
+    with pytest.raises(pickle.UnpicklingError):  # the same file does run code under plain pickle rules
+        torch.load(evil, weights_only=True)

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -163,3 +164,74 @@ def test_a_different_config_is_refused_naming_the_keys(reference, data, cache):
     assert "epochs: 3 -> 4" in proc.stderr and "lr: 0.001 -> 0.01" in proc.stderr
     assert "--overwrite" in proc.stderr
     assert (reference / "results.json").exists()
+
+
+FAKE_SRUN = """#!/bin/bash
+# Test double for srun: one task per "node" of SLURM_NNODES, all on this machine.
+while [[ $1 == --* ]]; do shift; done
+pids=()
+for ((node = 0; node < ${SLURM_NNODES:-1}; node++)); do SLURM_NODEID=$node "$@" & pids+=($!); done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+exit $status
+"""
+
+
+def _launchers(root_pid: int) -> list[int]:
+    """The `accelerate launch` processes below `root_pid` (what SLURM signals: the step's tasks)."""
+    found, todo = [], [root_pid]
+    while todo:
+        pid = todo.pop()
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except FileNotFoundError:
+            continue
+        if argv[1:3] == [b"-m", b"accelerate.commands.launch"]:
+            found.append(pid)
+        else:
+            todo.extend(map(int, children))
+    return found
+
+
+def test_slurm_script_on_two_nodes_survives_a_time_limit_signal_and_resumes_exactly(
+    data, cache, reference, tmp_path, fake_slurm
+):
+    env, scontrol_calls = fake_slurm
+    bin_dir = Path(env["PATH"].split(":", 1)[0])
+    (bin_dir / "srun").write_text(FAKE_SRUN)
+    (bin_dir / "srun").chmod(0o755)
+    (bin_dir / "scontrol").write_text(
+        f'#!/bin/sh\nif [ "$1" = show ]; then echo 127.0.0.1; echo 127.0.0.2; else echo "$@" >> {scontrol_calls}; fi\n'
+    )
+    env = {
+        **env,
+        "SLURM_NNODES": "2",
+        "SLURM_JOB_NODELIST": "node[1-2]",
+        "PNEUMO_NPROC": "1",
+        "SLURM_SUBMIT_DIR": str(ROOT),
+        "PNEUMO_VENV": sys.prefix,
+    }
+    out = tmp_path / "slurm-run"
+    cmd = ["bash", "slurm/train.sbatch", *train_args(data, out, cache, *RESUME_ARGS)[1:]]
+    job = subprocess.Popen(cmd, cwd=ROOT, env=cli_env(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _mid_epoch_of_epoch_two(out / "fold1", job)
+        launchers = _launchers(job.pid)
+        assert len(launchers) == 2  # one per node
+        for pid in launchers:
+            os.kill(pid, signal.SIGUSR1)
+        log = job.communicate(timeout=180)[0]
+    finally:
+        job.kill()
+    assert "2 node(s) x 1 process(es)" in log
+    assert log.count("received SIGUSR1") == 2, log[-4000:]
+    assert scontrol_calls.read_text().split() == ["requeue", "4242"]  # rank 0 only
+    assert not (out / "results.json").exists()
+
+    requeued = subprocess.run(
+        cmd, cwd=ROOT, env=cli_env({**env, "SLURM_RESTART_COUNT": "1"}), capture_output=True, text=True, timeout=300
+    )
+    assert requeued.returncode == 0, requeued.stdout[-4000:]
+    assert "fold 1: resuming at epoch 2" in requeued.stdout
+    _assert_same_run(out, reference)

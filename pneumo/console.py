@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+T = TypeVar("T")
 
 console = Console(highlight=False)
 if not console.is_terminal:
@@ -37,3 +50,10 @@ def progress() -> Progress:
         console=console,
         disable=not console.is_terminal,
     )
+
+
+def advancing(items: Iterable[T], bar: Progress, task: TaskID) -> Iterator[T]:
+    """Yield `items`, advancing `task` by one after each has been used."""
+    for item in items:
+        yield item
+        bar.advance(task)

@@ -198,10 +198,13 @@ def train_fold(
                 train_idx, splits.labels[train_idx], n_classes, cfg.batch_size, sampler, cfg.balance == "sampler"
             )
             loader = make_loader(dataset, batches[p.totals.step :], device, env.workers)
-            try:
-                finished = train_one_epoch(t, loader, labels, norm, aug, p.totals, device, env.autocast, should_stop)
-            except NonFiniteLossError as exc:
-                raise NonFiniteLossError(f"epoch {p.epoch + 1}: {exc}") from exc
+            with console.progress() as bar:
+                task = bar.add_task(f"fold {fold} epoch {p.epoch + 1}", total=len(batches), completed=p.totals.step)
+                steps = console.advancing(loader, bar, task)
+                try:
+                    finished = train_one_epoch(t, steps, labels, norm, aug, p.totals, device, env.autocast, should_stop)
+                except NonFiniteLossError as exc:
+                    raise NonFiniteLossError(f"epoch {p.epoch + 1}: {exc}") from exc
             if not finished:
                 _save(out / STATE, fold, t, p, aug, device)
                 return None

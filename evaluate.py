@@ -38,10 +38,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def validate(args: argparse.Namespace) -> None:
+    """Fail fast, before loading models or data, on values that cannot work; one clear line each."""
+    if args.batch_size < 1:
+        raise PneumoError(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.threads < 0:
+        raise PneumoError(f"--threads {args.threads}: must be >= 0 (0 = automatic)")
+    if args.out and not args.images:
+        raise PneumoError("--out is for --images predictions; a split's results go to RUN_DIR/evaluation/SPLIT/")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     run_dir = Path(args.run_dir).expanduser().resolve()
     try:
+        validate(args)
         if args.images:
             predict_images(run_dir, args)
         else:

@@ -53,12 +53,16 @@ class DecodedImages:
 
 
 def cache_key(root: Path, files: Sequence[str], size: int) -> str:
-    """Hash of what determines the cached pixels: the file list with sizes and mtimes, the size."""
+    """Hash of what determines the cached pixels: the file list with sizes, mtimes and modes, the size.
+
+    The mode is there so that fixing a file's permissions (which leaves its mtime alone)
+    retries a file cached as unreadable.
+    """
     h = hashlib.sha256(f"pneumo-cache v{images.DECODER_VERSION} size={size}\n".encode())
     for rel in files:
         try:
             st = os.stat(root / rel)
-            h.update(f"{rel}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+            h.update(f"{rel}\t{st.st_size}\t{st.st_mtime_ns}\t{st.st_mode:o}\n".encode())
         except OSError as exc:
             h.update(f"{rel}\terror {exc.errno}\n".encode())
     return h.hexdigest()[:20]

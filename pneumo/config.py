@@ -193,6 +193,7 @@ def validate(args: argparse.Namespace) -> None:
         (0 <= args.dropout < 1, f"--dropout {args.dropout}: must be in [0, 1)"),
         (0 <= args.freeze_epochs <= args.epochs, f"--freeze-epochs {args.freeze_epochs}: must be in [0, --epochs]"),
         (args.threads >= 0, f"--threads {args.threads}: must be >= 0 (0 = automatic)"),
+        (args.workers >= -1, f"--workers {args.workers}: must be >= 0, or -1 for automatic"),
         (not (args.resume and args.overwrite), "--resume and --overwrite contradict each other; pick one"),
     ]
     for ok, message in checks:
@@ -202,8 +203,26 @@ def validate(args: argparse.Namespace) -> None:
         close = timm.list_models(f"*{args.model}*")[:5]
         hint = f" (did you mean {', '.join(close)}?)" if close else "; see timm.list_models()"
         raise PneumoError(f"--model {args.model}: not a timm model{hint}")
-    if args.pretrained_file and not Path(args.pretrained_file).is_file():
-        raise PneumoError(f"--pretrained-file {args.pretrained_file}: no such file")
+    _check_optimizer(args.opt)
+    if args.pretrained_file:
+        if not Path(args.pretrained_file).is_file():
+            raise PneumoError(f"--pretrained-file {args.pretrained_file}: no such file")
+        from pneumo.models import create_model
+
+        # Seconds now rather than after decoding the data set: weights of another
+        # architecture are refused here, naming the file.
+        create_model(args.model, pretrained_file=args.pretrained_file)
+
+
+def _check_optimizer(name: str) -> None:
+    """Refuse an optimizer name that timm's `create_optimizer_v2` would not know."""
+    from timm.optim import get_optimizer_info
+
+    base = name.lower().split("_")[-1]  # as timm parses it: "lookahead_adamw" -> adamw
+    try:
+        get_optimizer_info(base)
+    except ValueError:
+        raise PneumoError(f"--opt {name}: not a timm optimizer; see timm.optim.list_optimizers()") from None
 
 
 def result_keys_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

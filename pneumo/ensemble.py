@@ -15,6 +15,8 @@ from pneumo.errors import PneumoError
 from pneumo.models import create_model, load_weights
 
 BEST = "best.safetensors"
+# What a fold checkpoint's metadata must hold to rebuild and use the model.
+_META_KEYS = ("model", "classes", "dropout", "fold", "mean", "std", "image_size", "positive")
 
 
 @dataclass
@@ -35,10 +37,14 @@ class FoldModel:
 def load_fold_model(path: Path, device: torch.device, expect_model: str | None = None) -> FoldModel:
     """Rebuild a fold model from a `best.safetensors` written by training."""
     state, meta = load_weights_file(path)
-    if "model" not in meta:
-        raise PneumoError(f"{path}: not a pneumo checkpoint (no model metadata)")
+    lacking = [k for k in _META_KEYS if k not in meta]
+    if lacking:
+        raise PneumoError(f"{path}: not a checkpoint written by train.py (its metadata lacks {lacking})")
     if expect_model and meta["model"] != expect_model:
-        raise PneumoError(f"{path}: checkpoint of {meta['model']}, but this run trains {expect_model}")
+        raise PneumoError(
+            f"{path}: checkpoint of {meta['model']}, but this run trains {expect_model}; "
+            "it belongs to another run (retrain this fold or restore its own checkpoint)"
+        )
     model = create_model(meta["model"], num_classes=len(meta["classes"]), dropout=meta["dropout"], init="timm")
     load_weights(model, state, str(path))
     model.to(device, memory_format=torch.channels_last).eval()

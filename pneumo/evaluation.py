@@ -44,6 +44,8 @@ def evaluate_run(run_dir: Path, args: Namespace) -> dict:
     set_threads(args.threads)
     models = _load_models(run_dir, config, accelerator.device)
     layout = scan(args.data_dir or config["data_dir"])
+    if layout.ignored_note():
+        console.log(layout.ignored_note())
     if args.split not in layout.splits or not len(layout.splits[args.split]):
         raise PneumoError(
             f"--split {args.split}: no such split with images in {layout.root} (has {sorted(layout.splits)})"
@@ -81,7 +83,10 @@ def predict_images(run_dir: Path, args: Namespace) -> Path:
     set_threads(args.threads)
     models = _load_models(run_dir, config, accelerator.device)
     size, classes = int(models[0].meta["image_size"]), models[0].meta["classes"]
-    paths = expand_image_paths(args.images)
+    paths, skipped = expand_image_paths(args.images)
+    if skipped:
+        names = ", ".join(str(p) for p in skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+        console.warn(f"skipping {len(skipped)} non-image, hidden or system file(s) in the folders given: {names}")
     decoded, bad = [], {}
     for path in paths:
         arr, _, err = decode_file(path, size)

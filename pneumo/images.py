@@ -57,12 +57,17 @@ def decode(data: bytes, size: int) -> np.ndarray:
 
 
 def describe_error(exc: BaseException) -> str:
-    """A short human reason for a decode failure."""
+    """A short human reason for a read or decode failure of one file."""
     if isinstance(exc, PermissionError):
-        return "permission denied (cannot read the file)"
+        return "permission denied (cannot read the file; fix its permissions)"
     if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
-        return f"decompression bomb refused: {exc}"
+        return f"decompression bomb refused, too many pixels to decode safely ({exc})"
     if isinstance(exc, Image.UnidentifiedImageError):
         return "not a readable image (unknown format, empty or corrupt file)"
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"
+    text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return f"cannot read the file ({exc.strerror or text})"
+    # Pillow reports damaged image data as OSError without errno, SyntaxError or ValueError.
+    if isinstance(exc, (OSError, SyntaxError, ValueError, EOFError)):
+        return f"truncated or corrupt image data ({text})"
+    return f"cannot decode ({type(exc).__name__}: {text})"

@@ -39,9 +39,11 @@ def create_model(
     kwargs = {"num_classes": num_classes, "drop_rate": dropout}
     try:
         if pretrained_file:
-            return timm.create_model(
+            model = timm.create_model(
                 name, pretrained=True, pretrained_cfg_overlay={"file": str(pretrained_file)}, **kwargs
             )
+            _check_backbone_from(model, Path(pretrained_file), name)
+            return model
         if pretrained:
             return timm.create_model(name, pretrained=True, **kwargs)
     except (RuntimeError, OSError, ValueError) as exc:
@@ -53,12 +55,40 @@ def create_model(
     return model
 
 
+def _check_backbone_from(model: nn.Module, path: Path, name: str) -> None:
+    """Refuse a weights file that does not hold exactly this model's backbone.
+
+    timm loads non-strictly once it has dropped the classifier, so weights of another
+    architecture would leave the model randomly initialised (or, from a deeper relative such
+    as resnet34 into resnet18, partly loaded) with only a log line.
+    """
+    state = timm.models.load_state_dict(str(path))
+    heads = model.pretrained_cfg.get("classifier") or ()
+    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    backbone = lambda k: not any(k.startswith(f"{h}.") for h in heads) and not k.endswith("num_batches_tracked")
+    own = model.state_dict()
+    missing = [k for k in own if backbone(k) and k not in state]
+    unexpected = [k for k in state if backbone(k) and k not in own]
+    if missing or unexpected:
+        raise PneumoError(
+            f"--pretrained-file {path}: not {name} weights ({len(missing)} of its tensors missing, "
+            f"{len(unexpected)} unexpected, e.g. {(missing or unexpected)[0]!r}); pass weights of {name}"
+        )
+
+
 def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Load a full state dict strictly, naming `source` when it does not fit the architecture."""
-    try:
-        model.load_state_dict(state_dict, strict=True)
-    except RuntimeError as exc:
-        raise PneumoError(f"{source}: weights do not fit this model ({str(exc).splitlines()[0]})") from exc
+    """Load a full state dict strictly; when it does not fit, one line naming `source` and what differs."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    reshaped = [k for k in own if k in state_dict and own[k].shape != state_dict[k].shape]
+    if missing or unexpected or reshaped:
+        example = (missing or unexpected or reshaped)[0]
+        raise PneumoError(
+            f"{source}: weights of another architecture than this {type(model).__name__} ({len(missing)} "
+            f"missing, {len(unexpected)} unexpected, {len(reshaped)} wrong-shape tensors, e.g. {example!r})"
+        )
+    model.load_state_dict(state_dict, strict=True)
 
 
 def set_head_only(model: nn.Module, head_only: bool) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from pneumo import console, rundir
 from pneumo.cache import decode_dataset, describe
 from pneumo.config import default_cache_dir, validate
-from pneumo.dataset import Layout, scan
+from pneumo.dataset import Layout, check_folds, label_conflicts, scan
 from pneumo.distributed import available_cpus, folds_for_process, make_accelerator, set_threads, wait_for
 from pneumo.errors import NonFiniteLossError, PneumoError
 from pneumo.fsutil import atomic_write_json, check_writable, read_json
@@ -51,7 +51,15 @@ def decode_images(layout: Layout, args: Namespace, workers: int):
 
 
 def unusable_images(layout: Layout, decoded, policy: str) -> dict[str, str]:
-    """Every file that cannot be used and why; with policy 'error' that stops the run here."""
+    """Every file that cannot be used and why; with policy 'error' that stops the run here.
+
+    Byte-identical copies filed under different classes (an ambiguous label) are unusable
+    too: they are marked in `decoded.errors`, so the folds and evaluation leave them out.
+    """
+    index = decoded.index_of()
+    readable = {f: decoded.sha1[i] for f, i in index.items() if i not in decoded.errors}
+    for f, why in label_conflicts(layout, readable).items():
+        decoded.errors[index[f]] = why
     bad = {**layout.not_images, **decoded.bad_files()}
     if bad and policy == "error":
         lines = "\n".join(f"  {layout.root / f}: {why}" for f, why in sorted(bad.items()))
@@ -88,6 +96,9 @@ def run_training(args: Namespace, should_stop=lambda: False) -> int:
                 style="bold red",
             )
     layout = scan(data_dir)
+    if is_main and layout.ignored_note():
+        console.log(layout.ignored_note())
+    check_folds(layout, args.folds, keep_val_apart=args.keep_val_apart, by_patient=not args.no_group)
     decoded = decode_images(layout, args, args.workers if args.workers >= 0 else available_cpus())
     bad = unusable_images(layout, decoded, args.on_bad_image)
     splits = build_splits(layout, decoded, args)

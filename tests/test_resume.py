@@ -154,7 +154,7 @@ def test_sigusr1_under_slurm_saves_mid_epoch_requeues_and_resumes_exactly(data, 
 def test_finished_folds_are_skipped_on_resume(reference, data, cache):
     before = {p: p.stat().st_mtime_ns for p in reference.glob("fold*/best.safetensors")}
     proc = run_cli(train_args(data, reference, cache, *RESUME_ARGS, "--resume"))
-    assert proc.stdout.count("already finished, skipping") == 2
+    assert proc.stdout.count("already done, skipping") == 2
     assert {p: p.stat().st_mtime_ns for p in reference.glob("fold*/best.safetensors")} == before
 
 

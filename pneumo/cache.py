@@ -200,6 +200,9 @@ def decode_dataset(
     final = cache_dir / f"pneumo-{cache_key(root, files, size)}"
     with file_lock(cache_dir / f"{final.name}.lock"):
         if not (final / "index.json").exists():
+            # Holding the lock, any temporary build of this key is left over from a killed one.
+            for stale in cache_dir.glob(f".{final.name}.tmp-*"):
+                shutil.rmtree(stale, ignore_errors=True)
             _build(final, root, files, size, workers, progress)
         else:
             progress(len(files))

@@ -196,3 +196,15 @@ def test_two_processes_building_at_once_build_once_and_read_the_finished_cache(d
     assert results[0]["digest"] == results[1]["digest"] == _digest(expected)
     entries = sorted(p.name for p in cache_dir.iterdir())
     assert [e for e in entries if not e.endswith(".lock")] == [Path(results[0]["path"]).name]
+
+
+def test_a_killed_build_leaves_no_debris_after_the_next_build(data, tmp_path):
+    root, files = data
+    cache_dir = tmp_path / "cache"
+    name = f"pneumo-{cache_key(root, files, SIZE)}"
+    stale = cache_dir / f".{name}.tmp-999999"  # what a build killed by SIGKILL leaves behind
+    stale.mkdir(parents=True)
+    (stale / "pixels.u8").write_bytes(b"\0" * 100)
+    decoded = _decode(root, files, cache_dir)
+    assert decoded.cache_path == cache_dir / name and not stale.exists()
+    assert not list(cache_dir.glob(".*.tmp-*"))

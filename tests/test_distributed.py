@@ -1,0 +1,46 @@
+"""Launch detection and per-process CPU threads, under the launchers users really run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import ROOT, cli_env, launch_command
+
+PROBE = (
+    "import json, os\n"
+    "from pneumo.distributed import cpu_share, single_process_cpu_launch\n"
+    "print('PROBE', json.dumps({'rank': os.environ.get('RANK'), 'single': single_process_cpu_launch(),"
+    " 'share': cpu_share()}), flush=True)\n"
+)
+
+
+def _probe(tmp_path, cmd_head: list[str]) -> list[dict]:
+    script = tmp_path / "probe.py"
+    script.write_text(f"import sys\nsys.path.insert(0, {str(ROOT)!r})\n" + PROBE)
+    proc = subprocess.run(
+        [*cmd_head, str(script)], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=120, check=True
+    )
+    return [json.loads(line.split(" ", 1)[1]) for line in proc.stdout.splitlines() if line.startswith("PROBE ")]
+
+
+def test_accelerate_cpu_launcher_starts_one_process_and_pneumo_notices(tmp_path):
+    accel = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2"]
+    accel += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    seen = _probe(tmp_path, accel)
+    assert len(seen) == 1 and seen[0]["rank"] is None  # accelerate #2741: one process, not two
+    assert seen[0]["single"] is True
+
+
+def test_two_process_launch_forms_ranks_and_splits_the_cpus(tmp_path):
+    seen = _probe(tmp_path, launch_command([], processes=2))
+    assert sorted(p["rank"] for p in seen) == ["0", "1"]
+    assert not any(p["single"] for p in seen)
+    assert all(p["share"] == max(1, len(os.sched_getaffinity(0)) // 2) for p in seen)
+
+
+def test_plain_python_is_not_mistaken_for_the_cpu_launcher(tmp_path):
+    (seen,) = _probe(tmp_path, [sys.executable])
+    assert seen["single"] is False and seen["rank"] is None

@@ -148,8 +148,10 @@ def _load(path: Path, root: Path) -> DecodedImages:
 
 
 def _build(final: Path, root: Path, files: list[str], size: int, workers: int, progress: Callable[[int], None]) -> None:
+    # Called under the key's lock: any temporary build of this key is left over from a killed one.
+    for stale in final.parent.glob(f".{final.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         pixels_path = tmp / "pixels.u8"
@@ -200,9 +202,6 @@ def decode_dataset(
     final = cache_dir / f"pneumo-{cache_key(root, files, size)}"
     with file_lock(cache_dir / f"{final.name}.lock"):
         if not (final / "index.json").exists():
-            # Holding the lock, any temporary build of this key is left over from a killed one.
-            for stale in cache_dir.glob(f".{final.name}.tmp-*"):
-                shutil.rmtree(stale, ignore_errors=True)
             _build(final, root, files, size, workers, progress)
         else:
             progress(len(files))

@@ -64,9 +64,10 @@ def fold_seeds(seed: int, fold: int) -> tuple[int, int, int]:
     return tuple(int(c.generate_state(1, np.uint64)[0] >> 1) for c in children)  # type: ignore[return-value]
 
 
-def _build(
+def build_trainable(
     cfg: Namespace, device: torch.device, mixed_precision: str, class_counts: np.ndarray, n_steps: int
 ) -> Trainable:
+    """A fold's model, optimiser, per-step cosine schedule, grad scaler and loss, from the flags."""
     model = create_model(
         cfg.model, dropout=cfg.dropout, pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file, init=cfg.init
     )
@@ -165,7 +166,7 @@ def train_fold(
     n_steps = steps_per_epoch(len(train_idx), cfg.batch_size)
     init_seed, sampler_seed, aug_seed = fold_seeds(cfg.seed, fold)
     torch.manual_seed(init_seed)
-    t = _build(cfg, device, env.mixed_precision, class_counts, n_steps)
+    t = build_trainable(cfg, device, env.mixed_precision, class_counts, n_steps)
     sampler = torch.Generator().manual_seed(sampler_seed)
     aug = torch.Generator().manual_seed(aug_seed)
     if (out / STATE).exists():

@@ -65,17 +65,15 @@ def test_same_files_reuse_the_cache_without_rebuilding(data, tmp_path, builds):
     assert np.array_equal(second.pixels, first.pixels)
 
 
-def _rewrite_content(root: Path, files: list[str]) -> list[str]:
-    path = root / files[0]
-    path.write_bytes((root / files[1]).read_bytes())  # other pixels, maybe even the same length
-    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000_000))
-    return files
-
-
 def _touch(root: Path, files: list[str]) -> list[str]:
     st = (root / files[0]).stat()
     os.utime(root / files[0], ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
     return files
+
+
+def _rewrite_content(root: Path, files: list[str]) -> list[str]:
+    (root / files[0]).write_bytes((root / files[1]).read_bytes())  # other pixels, maybe even the same length
+    return _touch(root, files)
 
 
 def _add_file(root: Path, files: list[str]) -> list[str]:

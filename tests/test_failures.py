@@ -38,7 +38,7 @@ class _NanAfter(nn.Module):
 
 def test_nan_loss_stops_only_that_fold_and_keeps_its_last_good_checkpoint(tiny_data, cache_dir, tmp_path, monkeypatch):
     current = {}
-    real_seeds, real_build = pneumo.trainer.fold_seeds, pneumo.trainer._build
+    real_seeds, real_build = pneumo.trainer.fold_seeds, pneumo.trainer.build_trainable
 
     def seeds(seed: int, fold: int):
         current["fold"] = fold
@@ -51,7 +51,7 @@ def test_nan_loss_stops_only_that_fold_and_keeps_its_last_good_checkpoint(tiny_d
         return t
 
     monkeypatch.setattr(pneumo.trainer, "fold_seeds", seeds)
-    monkeypatch.setattr(pneumo.trainer, "_build", build)
+    monkeypatch.setattr(pneumo.trainer, "build_trainable", build)
     out = tmp_path / "nan"
     args = parse_args(train_args(tiny_data, out, cache_dir)[1:])
     assert run_training(args) == 0

@@ -11,10 +11,12 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from pneumo.errors import PneumoError
 
-# Kermany file names carry the patient: person123_bacteria_456 / IM-0115-0001 / NORMAL2-IM-0123-0001.
+# Kermany file names carry the patient: person123_bacteria_456 (and person447_virus_921_1),
+# IM-0115-0001, NORMAL2-IM-0123-0001, and a patient's further views IM-0429-0001-0002 /
+# NORMAL2-IM-1345-0001-0002. The patient is the number after IM- (within its series).
 _PATIENT_PATTERNS = (
     re.compile(r"^(person\d+)_"),
-    re.compile(r"^((?:NORMAL2-)?IM-\d+)-\d+$"),
+    re.compile(r"^((?:NORMAL2-)?IM-\d+)(?:-\d+)+$"),
 )
 
 
@@ -88,14 +90,22 @@ def make_folds(
 def folds_record(
     files: Sequence[str], fold_of: np.ndarray, groups: np.ndarray, labels: np.ndarray, classes: Sequence[str], **meta
 ) -> dict:
-    """The auditable folds.json content: file -> fold and group, and per-fold class counts."""
+    """The auditable folds.json content: file -> fold and group, per-fold image and group counts.
+
+    `val_counts[k][c]` is the number of images of class c in fold k, `val_groups[k][c]` the
+    number of groups (patients, unless grouping is off) they belong to.
+    """
     n_folds = int(fold_of.max()) + 1 if len(fold_of) else 0
     counts = [np.bincount(labels[fold_of == k], minlength=len(classes)).tolist() for k in range(n_folds)]
+    group_counts = [
+        [len(np.unique(groups[(fold_of == k) & (labels == c)])) for c in range(len(classes))] for k in range(n_folds)
+    ]
     return {
         **meta,
         "n_folds": n_folds,
         "classes": list(classes),
         "val_counts": counts,
+        "val_groups": group_counts,
         "files": {f: int(k) for f, k in zip(files, fold_of)},
         "groups": {f: int(g) for f, g in zip(files, groups)},
     }

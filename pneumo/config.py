@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--workers", type=int, default=-1, help="decode processes (-1: the CPUs of this process's share)")
     g.add_argument(
+        "--equalize",
+        choices=("none", "hist", "clahe"),
+        default="none",
+        help="per-image intensity normalisation at decode time (cached): none, global histogram "
+        "equalisation, or CLAHE (contrast-limited adaptive, kornia, clip 2.0, 8x8 tiles)",
+    )
+    g.add_argument(
         "--on-bad-image",
         choices=("error", "skip"),
         default="error",
@@ -79,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-group",
         action="store_true",
         help="do not group folds by patient (byte-identical images still stay together)",
+    )
+    g.add_argument(
+        "--train-folds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="train only these folds of the --folds split (screening); the ensemble is theirs; default: all",
     )
 
     g = p.add_argument_group("model")
@@ -102,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="initialisation when not pretrained: Xavier-uniform (reference) or timm's own",
     )
     g.add_argument("--freeze-epochs", type=int, default=0, help="train only the head for the first N epochs")
+    g.add_argument(
+        "--zero-init-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="zero-initialise each residual block's last BatchNorm (timm's default; torchvision's is off)",
+    )
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=10, help="epochs per fold")
@@ -115,6 +136,45 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("sampler", "loss", "none"),
         default="sampler",
         help="class imbalance: WeightedRandomSampler, class-weighted loss, or nothing",
+    )
+
+    g.add_argument("--warmup-epochs", type=float, default=0.0, help="linear learning-rate warmup before the cosine")
+    g.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing of the cross-entropy loss")
+    g.add_argument("--mixup", type=float, default=0.0, help="mixup Beta(a, a) concentration a (0: off)")
+    g.add_argument("--cutmix", type=float, default=0.0, help="CutMix Beta(a, a) concentration a (0: off)")
+    g.add_argument(
+        "--ema-decay",
+        type=float,
+        default=0.0,
+        help="keep an EMA of the weights (timm ModelEmaV3, with warmup) and validate/checkpoint it (0: off)",
+    )
+
+    g = p.add_argument_group("augmentation (on the device, per sample, seeded per fold)")
+    g.add_argument("--aug-rotate", type=float, default=10.0, help="rotation, uniform in +-DEGREES")
+    g.add_argument("--aug-flip", type=float, default=0.5, help="horizontal flip probability")
+    g.add_argument(
+        "--aug-scale",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("MIN", "MAX"),
+        help="zoom factor, uniform in [MIN, MAX] (>1 zooms in)",
+    )
+    g.add_argument("--aug-aspect", type=float, default=1.0, help="aspect stretch, log-uniform in [1/R, R]")
+    g.add_argument("--aug-translate", type=float, default=0.0, help="shift, uniform in +-FRACTION of the image")
+    g.add_argument("--aug-gamma", type=float, default=0.0, help="gamma, log-uniform in [1/(1+G), 1+G]")
+    g.add_argument("--aug-contrast", type=float, default=0.0, help="contrast factor, uniform in 1 +- C")
+    g.add_argument("--aug-brightness", type=float, default=0.0, help="brightness offset, uniform in +-B (0..1 scale)")
+    g.add_argument("--aug-blur-p", type=float, default=0.0, help="probability of a Gaussian blur")
+    g.add_argument("--aug-blur-sigma", type=float, default=0.0, help="blur sigma, uniform in [0.1, SIGMA] pixels")
+    g.add_argument("--aug-noise-p", type=float, default=0.0, help="probability of Gaussian noise")
+    g.add_argument("--aug-noise-std", type=float, default=0.0, help="noise std, uniform in [0, STD] (0..1 scale)")
+    g.add_argument(
+        "--tta",
+        choices=("none", "flip", "flip-rotate"),
+        default="none",
+        help="test-time augmentation of every prediction: flip averages the image and its mirror; "
+        "flip-rotate adds +-5 degree turns",
     )
 
     g = p.add_argument_group("hardware")
@@ -192,6 +252,30 @@ def validate(args: argparse.Namespace) -> None:
         (args.weight_decay >= 0, f"--weight-decay {args.weight_decay}: must be >= 0"),
         (0 <= args.dropout < 1, f"--dropout {args.dropout}: must be in [0, 1)"),
         (0 <= args.freeze_epochs <= args.epochs, f"--freeze-epochs {args.freeze_epochs}: must be in [0, --epochs]"),
+        (0 <= args.warmup_epochs < args.epochs, f"--warmup-epochs {args.warmup_epochs}: must be in [0, --epochs)"),
+        (0 <= args.label_smoothing < 1, f"--label-smoothing {args.label_smoothing}: must be in [0, 1)"),
+        (args.mixup >= 0, f"--mixup {args.mixup}: must be >= 0 (0 = off)"),
+        (args.cutmix >= 0, f"--cutmix {args.cutmix}: must be >= 0 (0 = off)"),
+        (0 <= args.ema_decay < 1, f"--ema-decay {args.ema_decay}: must be in [0, 1) (0 = off)"),
+        (
+            args.train_folds is None or all(0 <= k < args.folds for k in args.train_folds),
+            f"--train-folds {args.train_folds}: each must be a fold in [0, --folds {args.folds})",
+        ),
+        (args.aug_rotate >= 0, f"--aug-rotate {args.aug_rotate}: must be >= 0"),
+        (0 <= args.aug_flip <= 1, f"--aug-flip {args.aug_flip}: must be a probability in [0, 1]"),
+        (
+            args.aug_scale is None or 0 < args.aug_scale[0] <= args.aug_scale[1],
+            f"--aug-scale {args.aug_scale}: needs 0 < MIN <= MAX",
+        ),
+        (args.aug_aspect >= 1, f"--aug-aspect {args.aug_aspect}: must be >= 1 (1 = off)"),
+        (0 <= args.aug_translate < 0.5, f"--aug-translate {args.aug_translate}: must be in [0, 0.5)"),
+        (args.aug_gamma >= 0, f"--aug-gamma {args.aug_gamma}: must be >= 0"),
+        (0 <= args.aug_contrast < 1, f"--aug-contrast {args.aug_contrast}: must be in [0, 1)"),
+        (0 <= args.aug_brightness < 1, f"--aug-brightness {args.aug_brightness}: must be in [0, 1)"),
+        (0 <= args.aug_blur_p <= 1, f"--aug-blur-p {args.aug_blur_p}: must be a probability in [0, 1]"),
+        (0 <= args.aug_blur_sigma <= 10, f"--aug-blur-sigma {args.aug_blur_sigma}: must be in [0, 10] pixels"),
+        (0 <= args.aug_noise_p <= 1, f"--aug-noise-p {args.aug_noise_p}: must be a probability in [0, 1]"),
+        (0 <= args.aug_noise_std < 1, f"--aug-noise-std {args.aug_noise_std}: must be in [0, 1)"),
         (args.threads >= 0, f"--threads {args.threads}: must be >= 0 (0 = automatic)"),
         (args.workers >= -1, f"--workers {args.workers}: must be >= 0, or -1 for automatic"),
         (not (args.resume and args.overwrite), "--resume and --overwrite contradict each other; pick one"),
@@ -223,6 +307,13 @@ def _check_optimizer(name: str) -> None:
         get_optimizer_info(base)
     except ValueError:
         raise PneumoError(f"--opt {name}: not a timm optimizer; see timm.optim.list_optimizers()") from None
+
+
+def folds_to_train(config: Namespace | dict[str, Any]) -> list[int]:
+    """The folds a run trains: --train-folds (sorted, once each), or every fold of --folds."""
+    values = vars(config) if isinstance(config, Namespace) else config
+    chosen = values.get("train_folds")
+    return sorted(set(chosen)) if chosen else list(range(int(values["folds"])))
 
 
 def result_keys_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,9 +13,9 @@ import torch
 from pneumo.errors import PneumoError
 
 
-def folds_for_process(n_folds: int, rank: int, world: int) -> list[int]:
-    """Fold k runs on process k mod world: each fold exactly once, spread evenly."""
-    return [k for k in range(n_folds) if k % world == rank]
+def folds_for_process(folds: Sequence[int], rank: int, world: int) -> list[int]:
+    """The i-th fold to train runs on process i mod world: each fold exactly once, spread evenly."""
+    return [k for i, k in enumerate(folds) if i % world == rank]
 
 
 def local_world_size() -> int:

@@ -11,8 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from pneumo.augment import prepare_batch, sample_params
+from pneumo.augment import AugmentParams, AugmentSpec, prepare_batch, sample_params
 from pneumo.errors import NonFiniteLossError
+from pneumo.mixing import MixSpec, mix_batch
 
 Autocast = Callable[[], AbstractContextManager]
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -47,6 +48,14 @@ class Trainable:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     criterion: nn.Module
+    augment: AugmentSpec = field(default_factory=AugmentSpec)
+    mix: MixSpec = field(default_factory=MixSpec)
+    ema: nn.Module | None = None  # timm ModelEmaV3, updated after every optimizer step
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What validation and checkpoints use: the EMA weights when kept, else the model."""
+        return self.ema.module if self.ema is not None else self.forward
 
 
 def train_one_epoch(
@@ -68,11 +77,17 @@ def train_one_epoch(
     for pixels, idx in batches:
         x = pixels.to(device, non_blocking=True)
         y = labels[idx].to(device, non_blocking=True)
-        angles, flips = sample_params(len(idx), aug_generator)
-        x = prepare_batch(x, *norm, angles=angles, flips=flips)
-        with autocast():
-            logits = t.forward(x)
-        loss = t.criterion(logits.float(), y)
+        x = prepare_batch(x, *norm, params=sample_params(len(idx), aug_generator, t.augment))
+        if t.mix.enabled:
+            mixed = mix_batch(x, y, t.mix, aug_generator)
+            with autocast():
+                logits = t.forward(mixed.x)
+            out = logits.float()
+            loss = mixed.lam * t.criterion(out, y) + (1 - mixed.lam) * t.criterion(out, mixed.partners)
+        else:
+            with autocast():
+                logits = t.forward(x)
+            loss = t.criterion(logits.float(), y)
         value = loss.item()
         if not math.isfinite(value):
             raise NonFiniteLossError(f"training loss became {value} at step {totals.step + 1} of the epoch")
@@ -81,6 +96,8 @@ def train_one_epoch(
         t.scaler.step(t.optimizer)
         t.scaler.update()
         t.scheduler.step()
+        if t.ema is not None:
+            t.ema.update(t.model, step=t.scheduler.last_epoch)
         totals.step += 1
         totals.loss_sum += value * len(idx)
         totals.labels.extend(y.tolist())
@@ -91,17 +108,36 @@ def train_one_epoch(
     return True
 
 
+# Test-time augmentation: (rotation in degrees, horizontal flip) per view; the first is the image itself.
+TTA_VIEWS: dict[str, tuple[tuple[float, bool], ...]] = {
+    "none": ((0.0, False),),
+    "flip": ((0.0, False), (0.0, True)),
+    "flip-rotate": ((0.0, False), (0.0, True), (-5.0, False), (5.0, False)),
+}
+
+
+def _view(x: torch.Tensor, norm: tuple[float, float], angle: float, flip: bool) -> torch.Tensor:
+    if angle == 0.0 and not flip:
+        return prepare_batch(x, *norm)
+    n = len(x)
+    params = AugmentParams(angles=torch.full((n,), angle), flips=torch.full((n,), flip, dtype=torch.bool))
+    return prepare_batch(x, *norm, params=params)
+
+
 @torch.inference_mode()
 def predict(
     models: Sequence[tuple[nn.Module, tuple[float, float]]],
     batches: Iterable[Batch],
     device: torch.device,
     autocast: Autocast,
+    tta: str = "none",
 ) -> np.ndarray:
     """Softmax probabilities (n_models, n_samples, n_classes) of each (model, normalisation).
 
+    With `tta`, each model's probabilities are the mean over the views of TTA_VIEWS[tta].
     Batch-major: each batch is read and moved once, then given to every model.
     """
+    views = TTA_VIEWS[tta]
     for model, _ in models:
         model.eval()
     chunks: list[torch.Tensor] = []
@@ -109,9 +145,12 @@ def predict(
         x = pixels.to(device, non_blocking=True)
         outs = []
         for model, norm in models:
-            with autocast():
-                logits = model(prepare_batch(x, *norm))
-            outs.append(torch.softmax(logits.float(), dim=1).cpu())
+            probs = []
+            for angle, flip in views:
+                with autocast():
+                    logits = model(_view(x, norm, angle, flip))
+                probs.append(torch.softmax(logits.float(), dim=1).cpu())
+            outs.append(torch.stack(probs).mean(0))
         chunks.append(torch.stack(outs))
     if not chunks:
         return np.zeros((len(models), 0, 2))

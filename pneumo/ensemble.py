@@ -51,14 +51,6 @@ def load_fold_model(path: Path, device: torch.device, expect_model: str | None =
     return FoldModel(int(meta["fold"]), model, float(meta["mean"]), float(meta["std"]), meta)
 
 
-def load_run_models(run_dir: Path, n_folds: int, device: torch.device, expect_model: str | None) -> list[FoldModel]:
-    """The best checkpoint of every fold of a run, in fold order."""
-    missing = [k for k in range(n_folds) if not (run_dir / f"fold{k}" / BEST).exists()]
-    if missing:
-        raise PneumoError(f"{run_dir}: no {BEST} for fold(s) {missing}; finish or resume the run first")
-    return [load_fold_model(run_dir / f"fold{k}" / BEST, device, expect_model) for k in range(n_folds)]
-
-
 def mean_probs(per_fold: np.ndarray) -> np.ndarray:
     """The ensemble: the mean of the fold models' softmax probabilities."""
     return np.asarray(per_fold, dtype=np.float64).mean(axis=0)

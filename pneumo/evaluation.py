@@ -10,6 +10,7 @@ import torch
 
 from pneumo import console
 from pneumo.cache import decode_file
+from pneumo.config import folds_to_train
 from pneumo.dataset import expand_image_paths, scan
 from pneumo.distributed import available_cpus, make_accelerator, set_threads
 from pneumo.engine import predict
@@ -25,15 +26,15 @@ from pneumo.runner import decode_images, unusable_images
 from pneumo.trainer import RESULT, fold_dir
 
 
-def _done_folds(run_dir: Path, n_folds: int) -> list[int]:
-    missing = [k for k in range(n_folds) if not (fold_dir(run_dir, k) / RESULT).exists()]
+def _done_folds(run_dir: Path, folds: list[int]) -> list[int]:
+    missing = [k for k in folds if not (fold_dir(run_dir, k) / RESULT).exists()]
     if missing:
         raise PneumoError(f"{run_dir}: fold(s) {missing} have not finished; resume the run (train.py) first")
-    return [k for k in range(n_folds) if read_json(fold_dir(run_dir, k) / RESULT)["status"] == "done"]
+    return [k for k in folds if read_json(fold_dir(run_dir, k) / RESULT)["status"] == "done"]
 
 
 def _load_models(run_dir: Path, config: dict, device: torch.device) -> list[FoldModel]:
-    folds = _done_folds(run_dir, int(config["folds"]))
+    folds = _done_folds(run_dir, folds_to_train(config))
     return [load_fold_model(fold_dir(run_dir, k) / BEST, device, expect_model=config["model"]) for k in folds]
 
 
@@ -54,6 +55,7 @@ def evaluate_run(run_dir: Path, args: Namespace) -> dict:
     if list(classes) != models[0].meta["classes"]:
         raise PneumoError(f"{layout.root}: classes {list(classes)} differ from the run's {models[0].meta['classes']}")
     args.image_size = int(models[0].meta["image_size"])
+    args.equalize = models[0].meta.get("equalize", "none")
     decoded = decode_images(layout, args, args.workers if args.workers >= 0 else available_cpus())
     unusable_images(layout, decoded, args.on_bad_image)
     index = decoded.index_of()
@@ -61,7 +63,8 @@ def evaluate_run(run_dir: Path, args: Namespace) -> dict:
     files = [decoded.files[i] for i in idx]
     labels = layout.splits[args.split].labels[[layout.splits[args.split].files.index(f) for f in files]]
     loader = make_loader(PixelDataset(decoded), eval_batches(idx, args.batch_size), accelerator.device, 0)
-    per_fold = predict([(m.model, m.norm) for m in models], loader, accelerator.device, accelerator.autocast)
+    tta = models[0].meta.get("tta", "none")
+    per_fold = predict([(m.model, m.norm) for m in models], loader, accelerator.device, accelerator.autocast, tta)
     folds = [m.fold for m in models]
     section = {
         "split": args.split,
@@ -89,7 +92,7 @@ def predict_images(run_dir: Path, args: Namespace) -> Path:
         console.warn(f"skipping {len(skipped)} non-image, hidden or system file(s) in the folders given: {names}")
     decoded, bad = [], {}
     for path in paths:
-        arr, _, err = decode_file(path, size)
+        arr, _, err = decode_file(path, size, models[0].meta.get("equalize", "none"))
         if arr is None:
             bad[str(path)] = err
         else:
@@ -104,7 +107,8 @@ def predict_images(run_dir: Path, args: Namespace) -> Path:
         (pixels[i : i + args.batch_size], torch.arange(i, min(i + args.batch_size, len(decoded))))
         for i in range(0, len(decoded), args.batch_size)
     ]
-    per_fold = predict([(m.model, m.norm) for m in models], batches, accelerator.device, accelerator.autocast)
+    tta = models[0].meta.get("tta", "none")
+    per_fold = predict([(m.model, m.norm) for m in models], batches, accelerator.device, accelerator.autocast, tta)
     positive = int(models[0].meta["positive"])
     out = Path(args.out) if args.out else run_dir / "image_predictions.csv"
     extra = {

@@ -12,6 +12,8 @@ from PIL import Image, ImageOps
 DECODER_VERSION = 1
 
 _SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
+EQUALIZE = ("none", "hist", "clahe")
+CLAHE_CLIP, CLAHE_TILES = 2.0, (8, 8)
 
 
 def to_gray(img: Image.Image) -> Image.Image:
@@ -27,20 +29,37 @@ def to_gray(img: Image.Image) -> Image.Image:
     return img.convert("L")
 
 
-def letterbox(gray: Image.Image, size: int) -> np.ndarray:
-    """Resize keeping the aspect ratio so the long side is `size`, centre on a black square."""
+def equalize(gray: Image.Image, method: str) -> Image.Image:
+    """Per-image intensity normalisation: none, global histogram equalisation, or CLAHE.
+
+    CLAHE is kornia's (clip limit 2.0 on 8x8 tiles, the usual radiography setting).
+    """
+    if method == "hist":
+        return ImageOps.equalize(gray)
+    if method == "clahe":
+        import torch
+        from kornia.enhance import equalize_clahe
+
+        x = torch.from_numpy(np.asarray(gray, dtype=np.float32) / 255.0)[None, None]
+        out = equalize_clahe(x, clip_limit=CLAHE_CLIP, grid_size=CLAHE_TILES)[0, 0].numpy()
+        return Image.fromarray(np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8), mode="L")
+    return gray
+
+
+def letterbox(gray: Image.Image, size: int, method: str = "none") -> np.ndarray:
+    """Resize keeping the aspect ratio so the long side is `size`, equalise, centre on a black square."""
     w, h = gray.size
     scale = size / max(w, h)
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    resized = np.asarray(gray.resize((nw, nh), Image.Resampling.BILINEAR), dtype=np.uint8)
+    resized = np.asarray(equalize(gray.resize((nw, nh), Image.Resampling.BILINEAR), method), dtype=np.uint8)
     out = np.zeros((size, size), dtype=np.uint8)
     top, left = (size - nh) // 2, (size - nw) // 2
     out[top : top + nh, left : left + nw] = resized
     return out
 
 
-def decode(data: bytes, size: int) -> np.ndarray:
-    """Decode image bytes to a (size, size) uint8 letterbox; raise on unreadable input.
+def decode(data: bytes, size: int, method: str = "none") -> np.ndarray:
+    """Decode image bytes to a (size, size) uint8 letterbox, equalised by `method`; raise on unreadable input.
 
     Pillow's decompression-bomb warning is an error here: an image beyond its pixel limit
     is refused rather than decoded.
@@ -53,7 +72,7 @@ def decode(data: bytes, size: int) -> np.ndarray:
             img.draft("L", (size, size))
             img.load()
             img = ImageOps.exif_transpose(img)
-            return letterbox(to_gray(img), size)
+            return letterbox(to_gray(img), size, method)
 
 
 def describe_error(exc: BaseException) -> str:

@@ -29,14 +29,18 @@ def create_model(
     pretrained: bool = False,
     pretrained_file: str | Path | None = None,
     init: str = "xavier",
+    zero_init_last: bool = True,
 ) -> nn.Module:
     """`timm.create_model` with dropout before a fresh `num_classes` head.
 
     `pretrained_file` goes through timm's own pretrained loader (the classifier is dropped
     and re-initialised when its shape differs); `pretrained` downloads from the hub.
-    Without either, `init` chooses Xavier-uniform or timm's default initialisation.
+    Without either, `init` chooses Xavier-uniform or timm's default initialisation;
+    `zero_init_last=False` keeps each residual block's last BatchNorm at weight 1 (torchvision).
     """
     kwargs = {"num_classes": num_classes, "drop_rate": dropout}
+    if not zero_init_last:
+        kwargs["zero_init_last"] = False
     try:
         if pretrained_file:
             model = timm.create_model(
@@ -49,7 +53,10 @@ def create_model(
     except (RuntimeError, OSError, ValueError) as exc:
         source = f"--pretrained-file {pretrained_file}" if pretrained_file else "--pretrained (hub download)"
         raise PneumoError(f"{source}: cannot load weights into {name} ({str(exc).splitlines()[0]})") from exc
-    model = timm.create_model(name, **kwargs)
+    try:
+        model = timm.create_model(name, **kwargs)
+    except TypeError as exc:
+        raise PneumoError(f"--no-zero-init-last: {name} has no zero_init_last option ({exc})") from exc
     if init == "xavier":
         xavier_init(model)
     return model

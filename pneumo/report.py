@@ -20,8 +20,8 @@ SUMMARY = "summary.txt"
 OOF = "oof.csv"
 
 
-def read_fold_results(run_dir: Path, n_folds: int) -> list[dict]:
-    return [read_json(run_dir / f"fold{k}" / "result.json") for k in range(n_folds)]
+def read_fold_results(run_dir: Path, folds: Sequence[int]) -> list[dict]:
+    return [read_json(run_dir / f"fold{k}" / "result.json") for k in folds]
 
 
 def evaluate_split(

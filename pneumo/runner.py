@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pneumo import console, rundir
 from pneumo.cache import decode_dataset, describe
-from pneumo.config import default_cache_dir, validate
+from pneumo.config import default_cache_dir, folds_to_train, validate
 from pneumo.dataset import Layout, check_folds, label_conflicts, scan
 from pneumo.distributed import available_cpus, folds_for_process, make_accelerator, set_threads, wait_for
 from pneumo.errors import NonFiniteLossError, PneumoError
@@ -44,6 +44,7 @@ def decode_images(layout: Layout, args: Namespace, workers: int):
             args.image_size,
             cache_dir=cache_dir,
             workers=workers,
+            equalize=args.equalize,
             progress=lambda n: bar.advance(task, n),
         )
     console.log(describe(decoded))
@@ -121,7 +122,8 @@ def run_training(args: Namespace, should_stop=lambda: False) -> int:
         accelerator.mixed_precision,
         args.workers if args.workers >= 0 else threads,
     )
-    for fold in folds_for_process(args.folds, rank, world):
+    trained = folds_to_train(args)
+    for fold in folds_for_process(trained, rank, world):
         out = fold_dir(run_dir, fold)
         if (out / RESULT).exists():
             status = read_json(out / RESULT)["status"]
@@ -140,11 +142,11 @@ def run_training(args: Namespace, should_stop=lambda: False) -> int:
     if not is_main:
         return EXIT_OK
 
-    results_files = [fold_dir(run_dir, k) / RESULT for k in range(args.folds)]
+    results_files = [fold_dir(run_dir, k) / RESULT for k in trained]
     waiting = lambda missing: console.log(f"waiting for {len(missing)} fold(s) on other processes")
     if not wait_for(results_files, should_stop, on_wait=waiting):
         return EXIT_STOPPED
-    fold_results = read_fold_results(run_dir, args.folds)
+    fold_results = read_fold_results(run_dir, trained)
     if not any(r["status"] == "done" for r in fold_results):
         raise PneumoError(f"every fold failed; see {run_dir}/fold*/result.json")
     header = {

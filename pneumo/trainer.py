@@ -16,9 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from timm.optim import create_optimizer_v2
+from timm.utils import ModelEmaV3
 from torch import nn
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
 
 from pneumo import console
+from pneumo.augment import AugmentSpec
 from pneumo.cache import DecodedImages, norm_stats
 from pneumo.checkpoint import load_state, save_state, save_weights
 from pneumo.engine import Autocast, EpochTotals, Trainable, predict, train_one_epoch
@@ -27,6 +30,7 @@ from pneumo.errors import NonFiniteLossError
 from pneumo.fsutil import atomic_write_json
 from pneumo.loader import PixelDataset, eval_batches, make_loader, steps_per_epoch, train_batches
 from pneumo.metrics import classification_metrics, epoch_metrics
+from pneumo.mixing import MixSpec
 from pneumo.models import create_model, set_head_only, train_mode
 from pneumo.predictions import read_predictions, write_predictions
 from pneumo.splits import Splits
@@ -69,14 +73,17 @@ def build_trainable(
 ) -> Trainable:
     """A fold's model, optimiser, per-step cosine schedule, grad scaler and loss, from the flags."""
     model = create_model(
-        cfg.model, dropout=cfg.dropout, pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file, init=cfg.init
+        cfg.model,
+        dropout=cfg.dropout,
+        pretrained=cfg.pretrained,
+        pretrained_file=cfg.pretrained_file,
+        init=cfg.init,
+        zero_init_last=cfg.zero_init_last,
     )
     model.to(device, memory_format=torch.channels_last)
     optimizer = create_optimizer_v2(
         model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, filter_bias_and_bn=False
     )
-    # Stepped once per optimizer step: T_max = epochs, counted in steps.
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * n_steps, eta_min=cfg.min_lr)
     scaler = torch.amp.GradScaler(device.type, enabled=mixed_precision == "fp16")
     weight = None
     if cfg.balance == "loss":
@@ -84,7 +91,34 @@ def build_trainable(
             class_counts.sum() / (len(class_counts) * class_counts), dtype=torch.float32, device=device
         )
     forward = torch.compile(model) if cfg.compile else model
-    return Trainable(model, forward, optimizer, scheduler, scaler, nn.CrossEntropyLoss(weight=weight))
+    ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True, warmup_power=3 / 4) if cfg.ema_decay else None
+    return Trainable(
+        model,
+        forward,
+        optimizer,
+        make_scheduler(optimizer, cfg, n_steps),
+        scaler,
+        nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing),
+        AugmentSpec.from_config(cfg),
+        MixSpec(cfg.mixup, cfg.cutmix),
+        ema,
+    )
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Namespace, n_steps: int) -> LRScheduler:
+    """Cosine from --lr to --min-lr over the run, after a linear warmup; stepped once per optimizer step."""
+    total = cfg.epochs * n_steps
+    warmup = round(cfg.warmup_epochs * n_steps)
+    if not warmup:
+        return CosineAnnealingLR(optimizer, T_max=total, eta_min=cfg.min_lr)
+    return SequentialLR(
+        optimizer,
+        [
+            LinearLR(optimizer, start_factor=1.0 / warmup, total_iters=warmup),
+            CosineAnnealingLR(optimizer, T_max=total - warmup, eta_min=cfg.min_lr),
+        ],
+        milestones=[warmup],
+    )
 
 
 def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
@@ -130,6 +164,7 @@ def _save(path: Path, fold: int, t: Trainable, p: Progress, aug: torch.Generator
             "optimizer": t.optimizer.state_dict(),
             "scheduler": t.scheduler.state_dict(),
             "scaler": t.scaler.state_dict(),
+            **({"ema": t.ema.module.state_dict()} if t.ema is not None else {}),
         },
     )
 
@@ -140,6 +175,8 @@ def _restore(path: Path, t: Trainable, aug: torch.Generator, device: torch.devic
     t.optimizer.load_state_dict(s["optimizer"])
     t.scheduler.load_state_dict(s["scheduler"])
     t.scaler.load_state_dict(s["scaler"])
+    if t.ema is not None:
+        t.ema.module.load_state_dict(s["ema"])
     aug.set_state(s["augment"])
     _set_rng_state(s["rng"], device)
     return Progress(
@@ -183,6 +220,8 @@ def train_fold(
         "model": cfg.model,
         "dropout": cfg.dropout,
         "image_size": cfg.image_size,
+        "equalize": cfg.equalize,
+        "tta": cfg.tta,
         "classes": list(splits.classes),
         "positive": splits.positive,
         "mean": norm[0],
@@ -209,9 +248,8 @@ def train_fold(
             if not finished:
                 _save(out / STATE, fold, t, p, aug, device)
                 return None
-            val_probs = predict(
-                [(t.forward, norm)], make_loader(dataset, val_loader_batches, device, env.workers), device, env.autocast
-            )[0]
+            val_loader = make_loader(dataset, val_loader_batches, device, env.workers)
+            val_probs = predict([(t.eval_model, norm)], val_loader, device, env.autocast, cfg.tta)[0]
             val = classification_metrics(splits.labels[val_idx], val_probs, splits.classes, splits.positive)
             record = {
                 "epoch": p.epoch + 1,
@@ -234,7 +272,8 @@ def train_fold(
                 atomic_write_json(out / f"samples_epoch{p.epoch + 1}.json", [splits.files[i] for i in p.totals.indices])
             if val["loss"] < p.best_loss:
                 p.best_loss, p.best_epoch = val["loss"], p.epoch + 1
-                save_weights(out / BEST, t.model, {**meta, "epoch": p.best_epoch, "val_loss": val["loss"]})
+                best_model = t.ema.module if t.ema is not None else t.model
+                save_weights(out / BEST, best_model, {**meta, "epoch": p.best_epoch, "val_loss": val["loss"]})
                 write_predictions(
                     out / VAL_PREDICTIONS,
                     [splits.files[i] for i in val_idx],
@@ -280,7 +319,7 @@ def _finish(fold: int, splits: Splits, decoded: DecodedImages, env: FoldEnv, p: 
     }
     for split, idx in splits.evals.items():
         loader = make_loader(dataset, eval_batches(idx, env.cfg.batch_size), env.device, env.workers)
-        probs = predict([(best.model, best.norm)], loader, env.device, env.autocast)[0]
+        probs = predict([(best.model, best.norm)], loader, env.device, env.autocast, env.cfg.tta)[0]
         files = [splits.files[i] for i in idx]
         write_predictions(out / f"predictions_{split}.csv", files, splits.labels[idx], probs, splits.classes)
         result["splits"][split] = classification_metrics(

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 from sklearn.metrics import roc_auc_score, roc_curve
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,8 +42,9 @@ RECIPES = ROOT / "benchmarks" / "recipes"
 RESULTS = ROOT / "benchmarks" / "results"
 SCREEN_FOLDS = [0, 1]
 STAGES = {"screen": ["--train-folds", *map(str, SCREEN_FOLDS)], "final": []}
-# What every variant shares unless its YAML says otherwise.
-COMMON = ["--image-size", "128", "--epochs", "10", "--mixed-precision", "bf16"]
+# What every variant shares unless its YAML says otherwise (flags given on the command line
+# would override the YAML, so only the keys it does not set are passed).
+COMMON = {"image_size": "128", "epochs": "10", "mixed_precision": "bf16"}
 
 
 def describe(path: Path) -> str:
@@ -55,8 +57,13 @@ def describe(path: Path) -> str:
 
 def train(name: str, stage: str, data_dir: str, out: Path, processes: int) -> None:
     """Train (or resume) one variant's run through the real launcher."""
-    args = ["train.py", "--config", str(RECIPES / f"{name}.yaml"), "--data-dir", data_dir, "--output-dir", str(out)]
-    args += COMMON + STAGES[stage]
+    recipe = RECIPES / f"{name}.yaml"
+    args = ["train.py", "--config", str(recipe), "--data-dir", data_dir, "--output-dir", str(out)]
+    own = yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}
+    for key, value in COMMON.items():
+        if key not in own:
+            args += [f"--{key.replace('_', '-')}", value]
+    args += STAGES[stage]
     if processes > 1:
         launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
         launch += [str(ROOT / "accelerate_configs" / "cpu_2proc.yaml"), "--num_processes", str(processes)]

@@ -15,7 +15,7 @@ from pneumo.errors import PneumoError
 # Keys that change where or how fast a run goes, never its numbers: ignored when a run
 # directory's recorded config is compared with a new invocation (resume).
 NON_RESULT_KEYS = frozenset(
-    {"output_dir", "resume", "overwrite", "workers", "cache_dir", "no_cache", "config", "audit_samples"}
+    {"output_dir", "resume", "overwrite", "workers", "cache_dir", "no_cache", "config", "audit_samples", "audit"}
 )
 
 
@@ -203,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the run in --output-dir (also automatic when its config matches)",
     )
     g.add_argument("--overwrite", action="store_true", help="delete a previous run in --output-dir and start over")
+    g.add_argument(
+        "--audit",
+        action="store_true",
+        help="audit the data for shortcut statistics (also done, and saved, in every run), write "
+        "OUTPUT_DIR/audit.json and stop without training",
+    )
     g.add_argument(
         "--audit-samples",
         action="store_true",

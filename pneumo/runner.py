@@ -8,6 +8,7 @@ from argparse import Namespace
 from pathlib import Path
 
 from pneumo import console, rundir
+from pneumo.audit import audit, audit_table
 from pneumo.cache import decode_dataset, describe
 from pneumo.config import default_cache_dir, folds_to_train, validate
 from pneumo.dataset import Layout, check_folds, label_conflicts, scan
@@ -19,6 +20,7 @@ from pneumo.splits import build_splits
 from pneumo.trainer import RESULT, STATE, FoldEnv, fold_dir, train_fold
 
 SKIPPED = "skipped_images.json"
+AUDIT = "audit.json"
 EXIT_OK = 0
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped on request with state saved; run again to resume
 
@@ -103,6 +105,16 @@ def run_training(args: Namespace, should_stop=lambda: False) -> int:
     decoded = decode_images(layout, args, args.workers if args.workers >= 0 else available_cpus())
     bad = unusable_images(layout, decoded, args.on_bad_image)
     splits = build_splits(layout, decoded, args)
+    if is_main:
+        report = audit(decoded, splits.labels, splits.classes, splits.positive, splits.pool, splits.evals)
+        if args.audit:
+            console.console.print(audit_table(report))
+            atomic_write_json(run_dir / AUDIT, report)
+            console.log(f"audit: {run_dir / AUDIT}")
+        for line in report["warnings"]:
+            console.warn(f"data audit: {line}")
+    if args.audit:
+        return EXIT_OK
     fingerprint = rundir.data_fingerprint(decoded.files, decoded.sha1)
     if mode == "resume":
         rundir.check_same_data(run_dir, fingerprint)
@@ -112,6 +124,7 @@ def run_training(args: Namespace, should_stop=lambda: False) -> int:
         rundir.initialise(run_dir, mode, config, splits.folds_json(seed=args.seed, grouping=grouping), info)
         if bad:
             atomic_write_json(run_dir / SKIPPED, bad)
+        atomic_write_json(run_dir / AUDIT, report)
     accelerator.wait_for_everyone()
 
     env = FoldEnv(

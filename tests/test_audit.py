@@ -44,7 +44,7 @@ def test_sharpness_is_the_mean_absolute_laplacian_over_the_image_content(tmp_pat
     stats = pixel_statistics(decoded, np.array([0, 1]))
     # every inner pixel differs from each of its 4 neighbours by 254/255: |4x - sum| = 4 * 254/255
     assert stats["sharpness"][0] == pytest.approx(4 * 254 / 255, rel=1e-5)
-    assert stats["sharpness"][1] == 0 and stats["contrast"][1] == pytest.approx(0, abs=1e-6)
+    assert stats["sharpness"][1] == pytest.approx(0, abs=1e-6) and stats["contrast"][1] == pytest.approx(0, abs=1e-6)
     assert stats["brightness"][1] == pytest.approx(200 / 255)
 
 

@@ -146,3 +146,12 @@ def test_with_ema_the_checkpoint_holds_the_averaged_weights_not_the_last_ones(em
         assert torch.equal(best[key], value), key
     key = next(iter(state["model"]))
     assert not torch.equal(state["ema"][key], state["model"][key])
+
+
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).parent.parent / "benchmarks" / "recipes").glob("*.yaml")))
+def test_every_study_recipe_is_a_valid_train_config(recipe):
+    from pneumo.config import validate
+
+    args = parse_args(["--config", str(recipe)])
+    validate(args)
+    assert recipe.read_text().startswith("# ")  # the study table's description

@@ -14,7 +14,7 @@ import os
 import shutil
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -38,7 +38,7 @@ class DecodedImages:
     root: Path
     files: list[str]
     size: int
-    equalize: str
+    preprocess: images.Preprocess
     sha1: list[str]
     mean: np.ndarray
     sq_mean: np.ndarray
@@ -53,14 +53,13 @@ class DecodedImages:
         return {self.files[i]: why for i, why in sorted(self.errors.items())}
 
 
-def cache_key(root: Path, files: Sequence[str], size: int, equalize: str = "none") -> str:
+def cache_key(root: Path, files: Sequence[str], size: int, pre: images.Preprocess = images.Preprocess()) -> str:
     """Hash of what determines the cached pixels: the file list with sizes, mtimes and modes, size, equalisation.
 
     The mode is there so that fixing a file's permissions (which leaves its mtime alone)
     retries a file cached as unreadable.
     """
-    extra = "" if equalize == "none" else f" equalize={equalize}"  # keeps the keys of existing caches
-    h = hashlib.sha256(f"pneumo-cache v{images.DECODER_VERSION} size={size}{extra}\n".encode())
+    h = hashlib.sha256(f"pneumo-cache v{images.DECODER_VERSION} size={size}{pre.key()}\n".encode())
     for rel in files:
         try:
             st = os.stat(root / rel)
@@ -70,7 +69,9 @@ def cache_key(root: Path, files: Sequence[str], size: int, equalize: str = "none
     return h.hexdigest()[:20]
 
 
-def decode_file(path: Path, size: int, equalize: str = "none") -> tuple[np.ndarray | None, str, str | None]:
+def decode_file(
+    path: Path, size: int, pre: images.Preprocess = images.Preprocess()
+) -> tuple[np.ndarray | None, str, str | None]:
     """Read and decode one file: (pixels or None, sha1 of its bytes, error reason or None)."""
     try:
         data = path.read_bytes()
@@ -80,19 +81,19 @@ def decode_file(path: Path, size: int, equalize: str = "none") -> tuple[np.ndarr
     if not data:
         return None, sha1, "empty file (0 bytes)"
     try:
-        return images.decode(data, size, equalize), sha1, None
+        return images.decode(data, size, pre), sha1, None
     except Exception as exc:  # any decoder failure marks the file bad, with its reason
         return None, sha1, images.describe_error(exc)
 
 
 def _decode_chunk(
-    root: str, files: list[str], start: int, size: int, equalize: str, pixels_path: str | None, total: int
+    root: str, files: list[str], start: int, size: int, pre: images.Preprocess, pixels_path: str | None, total: int
 ) -> list:
     """Worker: decode files[start:start+len(files)], writing pixels straight into the memmap."""
     out = np.memmap(pixels_path, np.uint8, "r+", shape=(total, size, size)) if pixels_path else None
     rows = []
     for offset, rel in enumerate(files):
-        arr, sha1, err = decode_file(Path(root) / rel, size, equalize)
+        arr, sha1, err = decode_file(Path(root) / rel, size, pre)
         if arr is None:
             rows.append((sha1, 0.0, 0.0, err))
             continue
@@ -109,14 +110,14 @@ def _decode_all(
     root: Path,
     files: list[str],
     size: int,
-    equalize: str,
+    pre: images.Preprocess,
     pixels_path: Path | None,
     workers: int,
     progress: Callable[[int], None],
 ) -> list:
     chunks = [(s, files[s : s + _CHUNK]) for s in range(0, len(files), _CHUNK)]
     path = str(pixels_path) if pixels_path else None
-    args = [(str(root), part, s, size, equalize, path, len(files)) for s, part in chunks]
+    args = [(str(root), part, s, size, pre, path, len(files)) for s, part in chunks]
     rows: list = []
     if workers <= 1 or len(chunks) <= 1:
         for a in args:
@@ -132,13 +133,13 @@ def _decode_all(
 
 
 def _from_rows(
-    root: Path, files: list[str], size: int, equalize: str, rows: list, pixels: np.ndarray | None
+    root: Path, files: list[str], size: int, pre: images.Preprocess, rows: list, pixels: np.ndarray | None
 ) -> DecodedImages:
     return DecodedImages(
         root=root,
         files=list(files),
         size=size,
-        equalize=equalize,
+        preprocess=pre,
         sha1=[r[0] for r in rows],
         mean=np.asarray([r[1] for r in rows], dtype=np.float64),
         sq_mean=np.asarray([r[2] for r in rows], dtype=np.float64),
@@ -156,13 +157,19 @@ def _load(path: Path, root: Path) -> DecodedImages:
         else np.zeros((0, size, size), np.uint8)
     )
     rows = list(zip(index["sha1"], index["mean"], index["sq_mean"], index["errors"]))
-    decoded = _from_rows(root, index["files"], size, index.get("equalize", "none"), rows, pixels)
+    decoded = _from_rows(root, index["files"], size, images.Preprocess.from_dict(index), rows, pixels)
     decoded.cache_path = path
     return decoded
 
 
 def _build(
-    final: Path, root: Path, files: list[str], size: int, equalize: str, workers: int, progress: Callable[[int], None]
+    final: Path,
+    root: Path,
+    files: list[str],
+    size: int,
+    pre: images.Preprocess,
+    workers: int,
+    progress: Callable[[int], None],
 ) -> None:
     # Called under the key's lock: any temporary build of this key is left over from a killed one.
     for stale in final.parent.glob(f".{final.name}.tmp-*"):
@@ -173,13 +180,13 @@ def _build(
         pixels_path = tmp / "pixels.u8"
         with open(pixels_path, "wb") as f:
             f.truncate(len(files) * size * size)
-        rows = _decode_all(root, files, size, equalize, pixels_path, workers, progress)
+        rows = _decode_all(root, files, size, pre, pixels_path, workers, progress)
         with open(pixels_path, "rb+") as f:
             os.fsync(f.fileno())
         index = {
             "version": images.DECODER_VERSION,
             "size": size,
-            "equalize": equalize,
+            **asdict(pre),
             "files": files,
             "sha1": [r[0] for r in rows],
             "mean": [r[1] for r in rows],
@@ -200,7 +207,7 @@ def decode_dataset(
     *,
     cache_dir: Path | None,
     workers: int,
-    equalize: str = "none",
+    pre: images.Preprocess = images.Preprocess(),
     progress: Callable[[int], None] = lambda n: None,
 ) -> DecodedImages:
     """Decode `files` (relative to `root`) once, through the cache unless `cache_dir` is None.
@@ -210,18 +217,18 @@ def decode_dataset(
     """
     files = list(files)
     if cache_dir is None:
-        rows = _decode_all(root, files, size, equalize, None, workers, progress)
-        return _from_rows(root, files, size, equalize, rows, None)
+        rows = _decode_all(root, files, size, pre, None, workers, progress)
+        return _from_rows(root, files, size, pre, rows, None)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise PneumoError(
             f"--cache-dir {cache_dir}: cannot create it ({exc.strerror}); pass another or --no-cache"
         ) from exc
-    final = cache_dir / f"pneumo-{cache_key(root, files, size, equalize)}"
+    final = cache_dir / f"pneumo-{cache_key(root, files, size, pre)}"
     with file_lock(cache_dir / f"{final.name}.lock"):
         if not (final / "index.json").exists():
-            _build(final, root, files, size, equalize, workers, progress)
+            _build(final, root, files, size, pre, workers, progress)
         else:
             progress(len(files))
     return _load(final, root)

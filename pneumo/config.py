@@ -74,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
         "equalisation, or CLAHE (contrast-limited adaptive, kornia, clip 2.0, 8x8 tiles)",
     )
     g.add_argument(
+        "--jpeg-quality",
+        type=int,
+        default=0,
+        help="re-encode every image (every split) as a JPEG of this quality at decode time, cached, so "
+        "that sets stored at different qualities carry the same compression (0: off)",
+    )
+    g.add_argument(
         "--on-bad-image",
         choices=("error", "skip"),
         default="error",
@@ -267,6 +274,7 @@ def validate(args: argparse.Namespace) -> None:
             args.train_folds is None or all(0 <= k < args.folds for k in args.train_folds),
             f"--train-folds {args.train_folds}: each must be a fold in [0, --folds {args.folds})",
         ),
+        (0 <= args.jpeg_quality <= 100, f"--jpeg-quality {args.jpeg_quality}: must be in 1..100, or 0 for off"),
         (args.aug_rotate >= 0, f"--aug-rotate {args.aug_rotate}: must be >= 0"),
         (0 <= args.aug_flip <= 1, f"--aug-flip {args.aug_flip}: must be a probability in [0, 1]"),
         (

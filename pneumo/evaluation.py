@@ -17,6 +17,7 @@ from pneumo.engine import predict
 from pneumo.ensemble import BEST, FoldModel, load_fold_model, mean_probs
 from pneumo.errors import PneumoError
 from pneumo.fsutil import atomic_write_json, atomic_write_text, read_json
+from pneumo.images import Preprocess
 from pneumo.loader import PixelDataset, eval_batches, make_loader
 from pneumo.metrics import report_text
 from pneumo.predictions import write_predictions
@@ -55,7 +56,8 @@ def evaluate_run(run_dir: Path, args: Namespace) -> dict:
     if list(classes) != models[0].meta["classes"]:
         raise PneumoError(f"{layout.root}: classes {list(classes)} differ from the run's {models[0].meta['classes']}")
     args.image_size = int(models[0].meta["image_size"])
-    args.equalize = models[0].meta.get("equalize", "none")
+    pre = Preprocess.from_dict(models[0].meta)
+    args.equalize, args.jpeg_quality = pre.equalize, pre.jpeg_quality
     decoded = decode_images(layout, args, args.workers if args.workers >= 0 else available_cpus())
     unusable_images(layout, decoded, args.on_bad_image)
     index = decoded.index_of()
@@ -92,7 +94,7 @@ def predict_images(run_dir: Path, args: Namespace) -> Path:
         console.warn(f"skipping {len(skipped)} non-image, hidden or system file(s) in the folders given: {names}")
     decoded, bad = [], {}
     for path in paths:
-        arr, _, err = decode_file(path, size, models[0].meta.get("equalize", "none"))
+        arr, _, err = decode_file(path, size, Preprocess.from_dict(models[0].meta))
         if arr is None:
             bad[str(path)] = err
         else:

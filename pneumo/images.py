@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -14,6 +15,29 @@ DECODER_VERSION = 1
 _SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
 EQUALIZE = ("none", "hist", "clahe")
 CLAHE_CLIP, CLAHE_TILES = 2.0, (8, 8)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Per-image preprocessing at decode time (cached, and applied alike to every split).
+
+    `jpeg_quality` (1-100, 0: off) re-encodes each image as a JPEG of that quality at its
+    own resolution first, so that images stored at different qualities carry the same
+    compression; `equalize` then normalises its intensities (see `equalize`).
+    """
+
+    equalize: str = "none"
+    jpeg_quality: int = 0
+
+    def key(self) -> str:
+        """What the decode cache key adds for this preprocessing ("" for none, as before it existed)."""
+        parts = [f"{k}={v}" for k, v in asdict(self).items() if v != getattr(Preprocess(), k)]
+        return "".join(f" {p}" for p in parts)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Preprocess:
+        """From a run's config or a checkpoint's metadata (keys it lacks keep their defaults)."""
+        return cls(**{k: values[k] for k in asdict(cls()) if values.get(k) is not None})
 
 
 def to_gray(img: Image.Image) -> Image.Image:
@@ -46,6 +70,14 @@ def equalize(gray: Image.Image, method: str) -> Image.Image:
     return gray
 
 
+def recompress(gray: Image.Image, quality: int) -> Image.Image:
+    """The image after a round trip through a JPEG of `quality` (Pillow's libjpeg, 4:4:4)."""
+    buf = io.BytesIO()
+    gray.save(buf, "JPEG", quality=quality)
+    with Image.open(buf) as img:
+        return img.convert("L")
+
+
 def letterbox(gray: Image.Image, size: int, method: str = "none") -> np.ndarray:
     """Resize keeping the aspect ratio so the long side is `size`, equalise, centre on a black square."""
     w, h = gray.size
@@ -58,8 +90,8 @@ def letterbox(gray: Image.Image, size: int, method: str = "none") -> np.ndarray:
     return out
 
 
-def decode(data: bytes, size: int, method: str = "none") -> np.ndarray:
-    """Decode image bytes to a (size, size) uint8 letterbox, equalised by `method`; raise on unreadable input.
+def decode(data: bytes, size: int, pre: Preprocess = Preprocess()) -> np.ndarray:
+    """Decode image bytes to a (size, size) uint8 letterbox, preprocessed by `pre`; raise on unreadable input.
 
     Pillow's decompression-bomb warning is an error here: an image beyond its pixel limit
     is refused rather than decoded.
@@ -69,10 +101,13 @@ def decode(data: bytes, size: int, method: str = "none") -> np.ndarray:
         with Image.open(io.BytesIO(data)) as img:
             # JPEG only: let libjpeg decode at 1/2, 1/4 or 1/8 scale (still >= size), the
             # single largest saving when X-rays are 1000-2500 px.
-            img.draft("L", (size, size))
+            if not pre.jpeg_quality:  # a recompression happens at the stored resolution
+                img.draft("L", (size, size))
             img.load()
-            img = ImageOps.exif_transpose(img)
-            return letterbox(to_gray(img), size, method)
+            gray = to_gray(ImageOps.exif_transpose(img))
+            if pre.jpeg_quality:
+                gray = recompress(gray, pre.jpeg_quality)
+            return letterbox(gray, size, pre.equalize)
 
 
 def describe_error(exc: BaseException) -> str:

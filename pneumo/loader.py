@@ -31,7 +31,7 @@ class PixelDataset(Dataset):
         return self.__getitems__([index])
 
     def _decode(self, i: int) -> np.ndarray:
-        arr, _, err = decode_file(self.decoded.root / self.decoded.files[i], self.decoded.size, self.decoded.equalize)
+        arr, _, err = decode_file(self.decoded.root / self.decoded.files[i], self.decoded.size, self.decoded.preprocess)
         if arr is None:
             raise PneumoError(f"{self.decoded.root / self.decoded.files[i]}: became unreadable during the run ({err})")
         return arr

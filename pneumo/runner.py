@@ -15,6 +15,7 @@ from pneumo.dataset import Layout, check_folds, label_conflicts, scan
 from pneumo.distributed import available_cpus, folds_for_process, make_accelerator, set_threads, wait_for
 from pneumo.errors import NonFiniteLossError, PneumoError
 from pneumo.fsutil import atomic_write_json, check_writable, read_json
+from pneumo.images import Preprocess
 from pneumo.report import SUMMARY, build_results, read_fold_results, summary_table
 from pneumo.splits import build_splits
 from pneumo.trainer import RESULT, STATE, FoldEnv, fold_dir, train_fold
@@ -46,7 +47,7 @@ def decode_images(layout: Layout, args: Namespace, workers: int):
             args.image_size,
             cache_dir=cache_dir,
             workers=workers,
-            equalize=args.equalize,
+            pre=Preprocess.from_dict(vars(args)),
             progress=lambda n: bar.advance(task, n),
         )
     console.log(describe(decoded))

@@ -221,6 +221,7 @@ def train_fold(
         "dropout": cfg.dropout,
         "image_size": cfg.image_size,
         "equalize": cfg.equalize,
+        "jpeg_quality": cfg.jpeg_quality,
         "tta": cfg.tta,
         "classes": list(splits.classes),
         "positive": splits.positive,

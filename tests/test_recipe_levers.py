@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from contextlib import nullcontext
@@ -18,7 +19,7 @@ from pneumo.cache import cache_key
 from pneumo.checkpoint import load_weights_file
 from pneumo.config import parse_args
 from pneumo.engine import predict
-from pneumo.images import equalize
+from pneumo.images import Preprocess, decode, equalize
 from pneumo.mixing import MixSpec, cutmix_box, mix_batch
 from pneumo.models import create_model
 from pneumo.trainer import make_scheduler
@@ -91,10 +92,25 @@ def test_equalize_hist_is_pillows_global_equalisation_and_clahe_is_local():
     assert not np.array_equal(clahe, np.asarray(equalize(img, "hist")))
 
 
-def test_equalisation_is_part_of_the_decode_cache_key(tmp_path):
+def test_preprocessing_is_part_of_the_decode_cache_key(tmp_path):
     (tmp_path / "a.png").write_bytes(b"x")
-    keys = {cache_key(tmp_path, ["a.png"], 64, e) for e in ("none", "hist", "clahe")}
-    assert len(keys) == 3
+    pres = [Preprocess(e, q) for e in ("none", "hist", "clahe") for q in (0, 75)]
+    assert len({cache_key(tmp_path, ["a.png"], 64, p) for p in pres}) == 6
+    assert cache_key(tmp_path, ["a.png"], 64, Preprocess()) == cache_key(tmp_path, ["a.png"], 64)
+
+
+def test_jpeg_quality_recompresses_at_the_stored_resolution_before_resizing():
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    plain = decode(buf.getvalue(), 32)
+    squeezed = decode(buf.getvalue(), 32, Preprocess(jpeg_quality=20))
+    jpeg = io.BytesIO()
+    img.save(jpeg, "JPEG", quality=20)
+    expected = np.asarray(Image.open(jpeg).convert("L").resize((32, 32), Image.Resampling.BILINEAR))
+    assert np.array_equal(squeezed, expected)
+    assert not np.array_equal(squeezed, plain)
 
 
 class _Halves(nn.Module):

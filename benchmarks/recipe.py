@@ -44,7 +44,7 @@ SCREEN_FOLDS = [0, 1]
 STAGES = {"screen": ["--train-folds", *map(str, SCREEN_FOLDS)], "final": []}
 # What every variant shares unless its YAML says otherwise (flags given on the command line
 # would override the YAML, so only the keys it does not set are passed).
-COMMON = {"image_size": "128", "epochs": "10", "mixed_precision": "bf16"}
+COMMON = {"image_size": "64", "epochs": "10", "mixed_precision": "bf16"}
 
 
 def describe(path: Path) -> str:

@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep-val-apart", action="store_true", help="audit val/ as an evaluation split")
     p.add_argument("--out", default=None, help="write the audit as JSON here")
     args = p.parse_args(argv)
-    args.no_cache, args.equalize, args.jpeg_quality = False, "none", 0
+    args.no_cache, args.equalize, args.jpeg_quality, args.crop = False, "none", 0, 1.0
     try:
         layout = scan(args.data_dir)
         decoded = decode_images(layout, args, available_cpus())

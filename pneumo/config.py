@@ -74,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
         "equalisation, or CLAHE (contrast-limited adaptive, kornia, clip 2.0, 8x8 tiles)",
     )
     g.add_argument(
+        "--crop",
+        type=float,
+        default=1.0,
+        help="keep the central FRACTION of each image's width and height at decode time, cached, every "
+        "split alike (markers, text and devices sit at the borders)",
+    )
+    g.add_argument(
         "--jpeg-quality",
         type=int,
         default=0,
@@ -274,6 +281,7 @@ def validate(args: argparse.Namespace) -> None:
             args.train_folds is None or all(0 <= k < args.folds for k in args.train_folds),
             f"--train-folds {args.train_folds}: each must be a fold in [0, --folds {args.folds})",
         ),
+        (0.3 <= args.crop <= 1, f"--crop {args.crop}: must be a fraction in [0.3, 1]"),
         (0 <= args.jpeg_quality <= 100, f"--jpeg-quality {args.jpeg_quality}: must be in 1..100, or 0 for off"),
         (args.aug_rotate >= 0, f"--aug-rotate {args.aug_rotate}: must be >= 0"),
         (0 <= args.aug_flip <= 1, f"--aug-flip {args.aug_flip}: must be a probability in [0, 1]"),

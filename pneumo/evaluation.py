@@ -57,7 +57,7 @@ def evaluate_run(run_dir: Path, args: Namespace) -> dict:
         raise PneumoError(f"{layout.root}: classes {list(classes)} differ from the run's {models[0].meta['classes']}")
     args.image_size = int(models[0].meta["image_size"])
     pre = Preprocess.from_dict(models[0].meta)
-    args.equalize, args.jpeg_quality = pre.equalize, pre.jpeg_quality
+    args.equalize, args.jpeg_quality, args.crop = pre.equalize, pre.jpeg_quality, pre.crop
     decoded = decode_images(layout, args, args.workers if args.workers >= 0 else available_cpus())
     unusable_images(layout, decoded, args.on_bad_image)
     index = decoded.index_of()

@@ -23,11 +23,14 @@ class Preprocess:
 
     `jpeg_quality` (1-100, 0: off) re-encodes each image as a JPEG of that quality at its
     own resolution first, so that images stored at different qualities carry the same
-    compression; `equalize` then normalises its intensities (see `equalize`).
+    compression; `crop` keeps the central fraction of its width and height (markers, text
+    and devices sit at the borders); `equalize` then normalises its intensities (see
+    `equalize`).
     """
 
     equalize: str = "none"
     jpeg_quality: int = 0
+    crop: float = 1.0
 
     def key(self) -> str:
         """What the decode cache key adds for this preprocessing ("" for none, as before it existed)."""
@@ -78,6 +81,16 @@ def recompress(gray: Image.Image, quality: int) -> Image.Image:
         return img.convert("L")
 
 
+def centre_crop(gray: Image.Image, fraction: float) -> Image.Image:
+    """The central `fraction` of the image's width and height (1: the whole image)."""
+    if fraction >= 1.0:
+        return gray
+    w, h = gray.size
+    cw, ch = max(1, round(w * fraction)), max(1, round(h * fraction))
+    left, top = (w - cw) // 2, (h - ch) // 2
+    return gray.crop((left, top, left + cw, top + ch))
+
+
 def letterbox(gray: Image.Image, size: int, method: str = "none") -> np.ndarray:
     """Resize keeping the aspect ratio so the long side is `size`, equalise, centre on a black square."""
     w, h = gray.size
@@ -102,12 +115,12 @@ def decode(data: bytes, size: int, pre: Preprocess = Preprocess()) -> np.ndarray
             # JPEG only: let libjpeg decode at 1/2, 1/4 or 1/8 scale (still >= size), the
             # single largest saving when X-rays are 1000-2500 px.
             if not pre.jpeg_quality:  # a recompression happens at the stored resolution
-                img.draft("L", (size, size))
+                img.draft("L", (round(size / pre.crop), round(size / pre.crop)))
             img.load()
             gray = to_gray(ImageOps.exif_transpose(img))
             if pre.jpeg_quality:
                 gray = recompress(gray, pre.jpeg_quality)
-            return letterbox(gray, size, pre.equalize)
+            return letterbox(centre_crop(gray, pre.crop), size, pre.equalize)
 
 
 def describe_error(exc: BaseException) -> str:

@@ -222,6 +222,7 @@ def train_fold(
         "image_size": cfg.image_size,
         "equalize": cfg.equalize,
         "jpeg_quality": cfg.jpeg_quality,
+        "crop": cfg.crop,
         "tta": cfg.tta,
         "classes": list(splits.classes),
         "positive": splits.positive,

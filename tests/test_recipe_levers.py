@@ -94,8 +94,8 @@ def test_equalize_hist_is_pillows_global_equalisation_and_clahe_is_local():
 
 def test_preprocessing_is_part_of_the_decode_cache_key(tmp_path):
     (tmp_path / "a.png").write_bytes(b"x")
-    pres = [Preprocess(e, q) for e in ("none", "hist", "clahe") for q in (0, 75)]
-    assert len({cache_key(tmp_path, ["a.png"], 64, p) for p in pres}) == 6
+    pres = [Preprocess(e, q, c) for e in ("none", "hist", "clahe") for q in (0, 75) for c in (1.0, 0.8)]
+    assert len({cache_key(tmp_path, ["a.png"], 64, p) for p in pres}) == 12
     assert cache_key(tmp_path, ["a.png"], 64, Preprocess()) == cache_key(tmp_path, ["a.png"], 64)
 
 
@@ -171,3 +171,12 @@ def test_every_study_recipe_is_a_valid_train_config(recipe):
     args = parse_args(["--config", str(recipe)])
     validate(args)
     assert recipe.read_text().startswith("# ")  # the study table's description
+
+
+def test_crop_keeps_the_central_fraction_before_letterboxing():
+    arr = np.zeros((100, 200), np.uint8)
+    arr[10:90, 20:180] = 255  # a white box 10 % in from every border
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG")
+    out = decode(buf.getvalue(), 80, Preprocess(crop=0.8))  # 160x80 crop: exactly the box, letterboxed
+    assert out[20:60, :].min() == 255 and out[:20].max() == 0 and out[60:].max() == 0

@@ -9,7 +9,9 @@ parameters drawn from the fold's seeded CPU generator, so a run is reproducible 
 - intensity, on [0, 1] pixels: gamma (log-uniform in [1/(1+g), 1+g]), contrast around the
   image mean (factor in 1 +- contrast), brightness (offset in +-brightness);
 - Gaussian blur (with probability blur_p, sigma uniform in [0.1, blur_sigma] pixels) and
-  Gaussian noise (with probability noise_p, std uniform in [0, noise_std]).
+  Gaussian noise (with probability noise_p, std uniform in [0, noise_std]);
+- random erasing (with probability erase_p, one rectangle of 2-20 % of the image, aspect
+  ratio log-uniform in [0.3, 3.3], filled with the image's mean), as timm's RandomErasing.
 
 Rotation and flip are drawn first and always, exactly as the reference recipe draws them;
 levers that are off draw nothing, so turning one on never changes another's stream.
@@ -45,6 +47,7 @@ class AugmentSpec:
     blur_sigma: float = 0.0
     noise_p: float = 0.0
     noise_std: float = 0.0
+    erase_p: float = 0.0
 
     @classmethod
     def from_config(cls, cfg: Namespace) -> AugmentSpec:
@@ -70,6 +73,7 @@ class AugmentParams:
     blur_sigma: torch.Tensor | None = None
     noise_std: torch.Tensor | None = None
     noise_seed: int = 0
+    erase: torch.Tensor | None = None  # (n, 4): top, left, height, width as fractions; height 0: none
 
 
 def _uniform(n: int, low: float, high: float, g: torch.Generator) -> torch.Tensor:
@@ -106,6 +110,12 @@ def sample_params(n: int, generator: torch.Generator, spec: AugmentSpec | None =
         on = torch.rand(n, generator=g) < spec.noise_p
         p.noise_std = torch.where(on, _uniform(n, 0.0, spec.noise_std, g), torch.zeros(n))
         p.noise_seed = int(torch.randint(0, 2**62, (1,), generator=g))
+    if spec.erase_p > 0:
+        on = torch.rand(n, generator=g) < spec.erase_p
+        area, ratio = _uniform(n, 0.02, 0.2, g), _log_uniform(n, 3.3, g)
+        h, w = (area * ratio).sqrt().clamp(max=1.0), (area / ratio).sqrt().clamp(max=1.0)
+        top, left = torch.rand(n, generator=g) * (1 - h), torch.rand(n, generator=g) * (1 - w)
+        p.erase = torch.stack([top, left, torch.where(on, h, torch.zeros(n)), w], dim=1)
     return p
 
 
@@ -179,7 +189,20 @@ def _augment(x: torch.Tensor, p: AugmentParams) -> torch.Tensor:
     levers = (p.gamma, p.contrast, p.brightness, p.blur_sigma, p.noise_std)
     if any(v is not None for v in levers):
         x = _intensity(x / 255.0, p) * 255.0
+    if p.erase is not None:
+        x = _erase(x, p.erase.to(x.device))
     return x
+
+
+def _erase(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Fill one rectangle per image (fractions: top, left, height, width) with the image's mean."""
+    h, w = x.shape[-2:]
+    ys = (torch.arange(h, device=x.device) + 0.5) / h
+    xs = (torch.arange(w, device=x.device) + 0.5) / w
+    top, left, height, width = (boxes[:, i].view(-1, 1, 1, 1) for i in range(4))
+    inside = (ys.view(1, 1, -1, 1) >= top) & (ys.view(1, 1, -1, 1) < top + height)
+    inside = inside & (xs.view(1, 1, 1, -1) >= left) & (xs.view(1, 1, 1, -1) < left + width)
+    return torch.where(inside, x.mean(dim=(1, 2, 3), keepdim=True), x)
 
 
 def prepare_batch(

@@ -184,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--aug-noise-p", type=float, default=0.0, help="probability of Gaussian noise")
     g.add_argument("--aug-noise-std", type=float, default=0.0, help="noise std, uniform in [0, STD] (0..1 scale)")
     g.add_argument(
+        "--aug-erase-p", type=float, default=0.0, help="probability of erasing one rectangle (2-20%% of the image)"
+    )
+    g.add_argument(
         "--tta",
         choices=("none", "flip", "flip-rotate"),
         default="none",
@@ -297,6 +300,7 @@ def validate(args: argparse.Namespace) -> None:
         (0 <= args.aug_blur_p <= 1, f"--aug-blur-p {args.aug_blur_p}: must be a probability in [0, 1]"),
         (0 <= args.aug_blur_sigma <= 10, f"--aug-blur-sigma {args.aug_blur_sigma}: must be in [0, 10] pixels"),
         (0 <= args.aug_noise_p <= 1, f"--aug-noise-p {args.aug_noise_p}: must be a probability in [0, 1]"),
+        (0 <= args.aug_erase_p <= 1, f"--aug-erase-p {args.aug_erase_p}: must be a probability in [0, 1]"),
         (0 <= args.aug_noise_std < 1, f"--aug-noise-std {args.aug_noise_std}: must be in [0, 1)"),
         (args.threads >= 0, f"--threads {args.threads}: must be >= 0 (0 = automatic)"),
         (args.workers >= -1, f"--workers {args.workers}: must be >= 0, or -1 for automatic"),

@@ -216,3 +216,21 @@ def test_every_lever_on_is_reproducible_per_seed_and_stays_in_range():
     assert torch.equal(a, b) and not torch.equal(a, _augment(pixels, 2, spec))
     raw = prepare_batch(pixels, 0.0, 1.0, params=sample_params(8, torch.Generator().manual_seed(1), spec))
     assert raw.min() >= 0 and raw.max() <= 255
+
+
+def test_erasing_fills_exactly_the_drawn_rectangle_with_the_image_mean():
+    pixels = _pixels(2, 40)
+    boxes = torch.tensor([[0.25, 0.5, 0.5, 0.25], [0.0, 0.0, 0.0, 0.5]])  # the second: height 0, untouched
+    out = _raw(pixels, _params(2, erase=boxes))
+    expected = pixels.float().clone()
+    expected[0, :, 10:30, 20:30] = pixels[0].float().mean()
+    assert torch.allclose(out, expected, atol=1e-3)
+
+
+def test_erase_areas_stay_between_2_and_20_percent_and_the_probability_holds():
+    p = sample_params(4000, torch.Generator().manual_seed(0), AugmentSpec(erase_p=0.5))
+    on = p.erase[:, 2] > 0
+    area = (p.erase[on, 2] * p.erase[on, 3]).numpy()
+    assert 0.45 < on.float().mean() < 0.55
+    assert area.min() >= 0.02 * 0.5 and area.max() <= 0.2 + 1e-6  # clipping to the image can only shrink it
+    assert ((p.erase[on, 0] + p.erase[on, 2]) <= 1 + 1e-6).all()

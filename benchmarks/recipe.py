@@ -170,7 +170,6 @@ def main(argv: list[str] | None = None) -> int:
     runs = ROOT / args.runs_dir
     runs.mkdir(parents=True, exist_ok=True)
     study = RESULTS / "recipe-study.json"
-    table = {(r["variant"], r["stage"]): r for r in (json.loads(study.read_text()) if study.exists() else [])}
     for name in names:
         out = runs / f"{name}-{args.stage}"
         final = runs / f"{name}-final"
@@ -184,11 +183,13 @@ def main(argv: list[str] | None = None) -> int:
             train(name, args.stage, args.data_dir, out, args.processes)
             print(f"  done in {(time.monotonic() - started) / 60:.1f} min", flush=True)
         if (out / "results.json").exists():
+            # Read the table afresh: another study process may have added rows meanwhile.
+            table = {(r["variant"], r["stage"]): r for r in (json.loads(study.read_text()) if study.exists() else [])}
             table[(name, args.stage)] = row(name, args.stage, out, folds)
             rows = sorted(table.values(), key=lambda r: (r["stage"] != "final", r["variant"]))
             atomic_write_json(study, rows)
             atomic_write_text(RESULTS / "recipe-study.md", markdown(rows))
-    print((RESULTS / "recipe-study.md").read_text() if table else "no finished runs yet")
+    print((RESULTS / "recipe-study.md").read_text() if study.exists() else "no finished runs yet")
     return 0
 
 

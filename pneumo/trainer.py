@@ -27,7 +27,7 @@ from pneumo.errors import NonFiniteLossError
 from pneumo.fsutil import atomic_write_json
 from pneumo.loader import PixelDataset, eval_batches, make_loader, steps_per_epoch, train_batches
 from pneumo.metrics import classification_metrics, epoch_metrics
-from pneumo.models import create_model, set_head_only, train_mode
+from pneumo.models import create_model, lr_groups, set_head_only, train_mode
 from pneumo.predictions import read_predictions, write_predictions
 from pneumo.splits import Splits
 from pneumo.tracking import FoldLogger
@@ -72,11 +72,21 @@ def build_trainable(
         cfg.model, dropout=cfg.dropout, pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file, init=cfg.init
     )
     model.to(device, memory_format=torch.channels_last)
+    scale = cfg.backbone_lr_scale
+    groups = None if scale == 1 else (lambda m: lr_groups(m, cfg.lr, scale))
     optimizer = create_optimizer_v2(
-        model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, filter_bias_and_bn=False
+        model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, filter_bias_and_bn=False, param_group_fn=groups
     )
     # Stepped once per optimizer step: T_max = epochs, counted in steps.
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * n_steps, eta_min=cfg.min_lr)
+    total = cfg.epochs * n_steps
+    if groups is None:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=cfg.min_lr)
+    else:
+        # The same cosine, but CosineAnnealingLR has one floor for all groups: here each group
+        # anneals from its own lr to min_lr x (its lr / lr), keeping the backbone:head ratio.
+        floor = cfg.min_lr / cfg.lr
+        cosine = lambda step: floor + (1 - floor) * (1 + math.cos(math.pi * min(step, total) / total)) / 2
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
     scaler = torch.amp.GradScaler(device.type, enabled=mixed_precision == "fp16")
     weight = None
     if cfg.balance == "loss":

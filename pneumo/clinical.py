@@ -20,7 +20,7 @@ from pneumo import console
 from pneumo.bootstrap import RESAMPLES, bootstrap_metrics, patient_clusters
 from pneumo.cache import DecodedImages
 from pneumo.calibration import METHODS, balance_prior, calibrate, reliability_diagram
-from pneumo.ensemble import BEST, load_fold_model, mean_probs
+from pneumo.ensemble import BEST, FoldModel, load_fold_model, mean_probs
 from pneumo.fsutil import atomic_write_json
 from pneumo.predictions import read_predictions
 from pneumo.report import RESULTS, gather_split
@@ -52,7 +52,7 @@ def _oof(
 def _saliency(
     out_dir: Path, name: str, split: SplitPredictions, scores: np.ndarray, threshold: float, ctx: dict[str, Any]
 ) -> dict:
-    from pneumo.saliency import ensemble_cam, load_pixels, overlay_figure, pick_images
+    from pneumo.saliency import ensemble_cam, load_pixels, overlay_figure, pick_images  # captum only when drawing
 
     started = time.perf_counter()
     positive, classes = ctx["positive"], ctx["classes"]
@@ -89,7 +89,7 @@ def clinical_section(
     out_dir: Path | None = None,
     policy: str | None = None,
     resamples: int = RESAMPLES,
-    models: list | None = None,
+    models: list[FoldModel] | None = None,
     decoded: DecodedImages | None = None,
     saliency_images: int = SALIENCY_IMAGES,
 ) -> dict:

@@ -11,11 +11,23 @@ from typing import Any
 import yaml
 
 from pneumo.errors import PneumoError
+from pneumo.threshold import parse_policy
 
 # Keys that change where or how fast a run goes, never its numbers: ignored when a run
 # directory's recorded config is compared with a new invocation (resume).
 NON_RESULT_KEYS = frozenset(
-    {"output_dir", "resume", "overwrite", "workers", "cache_dir", "no_cache", "config", "audit_samples", "audit"}
+    {
+        "output_dir",
+        "resume",
+        "overwrite",
+        "workers",
+        "cache_dir",
+        "no_cache",
+        "config",
+        "audit_samples",
+        "audit",
+        "saliency_images",
+    }
 )
 
 
@@ -146,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay")
     g.add_argument("--min-lr", type=float, default=1e-4, help="eta_min of the cosine schedule")
     g.add_argument(
+        "--backbone-lr-scale",
+        type=float,
+        default=1.0,
+        help="backbone learning rate = --lr x this (the head keeps --lr); below 1 for fine-tuning pretrained weights",
+    )
+    g.add_argument(
         "--balance",
         choices=("sampler", "loss", "none"),
         default="sampler",
@@ -192,6 +210,21 @@ def build_parser() -> argparse.ArgumentParser:
         default="none",
         help="test-time augmentation of every prediction: flip averages the image and its mirror; "
         "flip-rotate adds +-5 degree turns",
+    )
+
+    g = p.add_argument_group("clinical evaluation")
+    g.add_argument(
+        "--threshold-policy",
+        type=str,
+        default="youden",
+        help="operating point chosen on out-of-fold predictions: youden, balanced, sensitivity:X, specificity:X, "
+        "fixed:X",
+    )
+    g.add_argument(
+        "--saliency-images",
+        type=int,
+        default=16,
+        help="Grad-CAM figures of up to N misclassified and N random test images (0: none)",
     )
 
     g = p.add_argument_group("hardware")
@@ -305,10 +338,13 @@ def validate(args: argparse.Namespace) -> None:
         (args.threads >= 0, f"--threads {args.threads}: must be >= 0 (0 = automatic)"),
         (args.workers >= -1, f"--workers {args.workers}: must be >= 0, or -1 for automatic"),
         (not (args.resume and args.overwrite), "--resume and --overwrite contradict each other; pick one"),
+        (args.backbone_lr_scale > 0, f"--backbone-lr-scale {args.backbone_lr_scale}: must be positive"),
+        (args.saliency_images >= 0, f"--saliency-images {args.saliency_images}: must be >= 0 (0 = none)"),
     ]
     for ok, message in checks:
         if not ok:
             raise PneumoError(message)
+    parse_policy(args.threshold_policy)
     if not timm.is_model(args.model):
         close = timm.list_models(f"*{args.model}*")[:5]
         hint = f" (did you mean {', '.join(close)}?)" if close else "; see timm.list_models()"

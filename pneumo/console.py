@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -37,6 +37,13 @@ def log(message: str, style: str | None = None) -> None:
 
 def warn(message: str) -> None:
     log(f"WARNING: {message}", style="bold yellow")
+
+
+def render_text(renderable: RenderableType) -> str:
+    """What the console would print for `renderable`, as plain text (for summary files)."""
+    with console.capture() as captured:
+        console.print(renderable)
+    return captured.get()
 
 
 def progress() -> Progress:

@@ -7,9 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.console import Group
+from rich.table import Table
 
 from pneumo import console
 from pneumo.cache import decode_file
+from pneumo.clinical import SplitPredictions, clinical_section, clinical_tables
 from pneumo.config import folds_to_train
 from pneumo.dataset import expand_image_paths, scan
 from pneumo.distributed import available_cpus, make_accelerator, set_threads
@@ -21,7 +24,7 @@ from pneumo.images import Preprocess
 from pneumo.loader import PixelDataset, eval_batches, make_loader
 from pneumo.metrics import report_text
 from pneumo.predictions import write_predictions
-from pneumo.report import evaluate_split, write_split_predictions
+from pneumo.report import SUMMARY, evaluate_split, metrics_table, write_split_predictions
 from pneumo.rundir import read_config
 from pneumo.runner import decode_images, unusable_images
 from pneumo.trainer import RESULT, fold_dir
@@ -74,11 +77,36 @@ def evaluate_run(run_dir: Path, args: Namespace) -> dict:
         **evaluate_split(files, labels, per_fold, folds, classes, positive),
     }
     out = run_dir / "evaluation" / args.split
+    section["clinical"] = clinical_section(
+        run_dir,
+        folds,
+        {args.split: SplitPredictions(files, labels, per_fold, folds)},
+        classes,
+        positive,
+        config,
+        out_dir=out,
+        policy=args.threshold_policy,
+        resamples=args.bootstrap_resamples,
+        models=models,
+        decoded=decoded,
+        saliency_images=args.saliency_images,
+    )
     atomic_write_json(out / "results.json", section)
+    atomic_write_text(out / SUMMARY, console.render_text(Group(*split_tables(run_dir.name, section))))
     atomic_write_text(out / "classification_report.txt", report_text(labels, mean_probs(per_fold), classes))
     write_split_predictions(out / "predictions.csv", files, labels, per_fold, folds, classes, positive)
     console.log(f"{args.split}: ensemble of folds {folds} on {len(files)} images -> {out}")
     return section
+
+
+def split_tables(name: str, section: dict) -> list[Table]:
+    """Per fold, mean ± std and ensemble on the split at 0.5; then the clinical tables."""
+    rows = [(f"fold {k}", [m]) for k, m in section["folds"].items()]
+    rows += [("mean ± std", [section["fold_mean_std"]]), ("ensemble", [section["ensemble"]])]
+    return [
+        metrics_table(f"{name} on {section['split']}", [section["split"]], rows),
+        *clinical_tables(section["clinical"]),
+    ]
 
 
 def predict_images(run_dir: Path, args: Namespace) -> Path:

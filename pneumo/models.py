@@ -105,6 +105,15 @@ def set_head_only(model: nn.Module, head_only: bool) -> None:
         p.requires_grad_(not head_only or id(p) in head)
 
 
+def lr_groups(model: nn.Module, lr: float, backbone_lr_scale: float) -> list[dict]:
+    """Optimizer parameter groups: the classifier at `lr` (first), the backbone at `lr` x `backbone_lr_scale`."""
+    head = {id(p) for p in model.get_classifier().parameters()}
+    return [
+        {"params": [p for p in model.parameters() if id(p) in head], "lr": lr},
+        {"params": [p for p in model.parameters() if id(p) not in head], "lr": lr * backbone_lr_scale},
+    ]
+
+
 def train_mode(model: nn.Module, head_only: bool) -> None:
     """model.train(); with `head_only`, batch-norm statistics of the frozen backbone stay fixed."""
     model.train()

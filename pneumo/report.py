@@ -57,7 +57,7 @@ def write_split_predictions(
     write_predictions(path, files, labels, mean_probs(per_fold), classes, extra)
 
 
-def _gather_split(run_dir: Path, folds: Sequence[int], split: str, classes: Sequence[str]):
+def gather_split(run_dir: Path, folds: Sequence[int], split: str, classes: Sequence[str]):
     tables = [read_predictions(run_dir / f"fold{k}" / f"predictions_{split}.csv", classes) for k in folds]
     files = tables[0].files
     for k, t in zip(folds, tables):
@@ -92,7 +92,7 @@ def build_results(
     oof_title = f"Out-of-fold validation ({len(oof_files)} images, folds {folds})"
     texts = [f"{oof_title}\n{report_text(oof_labels, oof_probs, classes)}"]
     for split in done[0]["splits"] if done else {}:
-        files, labels, per_fold = _gather_split(run_dir, folds, split, classes)
+        files, labels, per_fold = gather_split(run_dir, folds, split, classes)
         write_split_predictions(run_dir / f"predictions_{split}.csv", files, labels, per_fold, folds, classes, positive)
         section = evaluate_split(files, labels, per_fold, folds, classes, positive)
         results["cross_validation"][split] = section["fold_mean_std"]

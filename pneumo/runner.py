@@ -7,9 +7,12 @@ import time
 from argparse import Namespace
 from pathlib import Path
 
+from rich.console import Group
+
 from pneumo import console, rundir
 from pneumo.audit import audit, audit_table
 from pneumo.cache import decode_dataset, describe
+from pneumo.clinical import add_clinical, clinical_tables
 from pneumo.config import default_cache_dir, folds_to_train, validate
 from pneumo.dataset import Layout, check_folds, label_conflicts, scan
 from pneumo.distributed import available_cpus, folds_for_process, make_accelerator, set_threads, wait_for
@@ -175,7 +178,8 @@ def run_training(args: Namespace, should_stop=lambda: False) -> int:
         "wall_seconds": round(time.monotonic() - started, 1),
     }
     results = build_results(run_dir, fold_results, splits.classes, splits.positive, header)
-    table = summary_table(results)
+    results = add_clinical(run_dir, results, config, decoded, accelerator.device)
+    table = Group(summary_table(results), *clinical_tables(results["clinical"]))
     console.console.print(table)
     with console.console.capture() as captured:
         console.console.print(table)

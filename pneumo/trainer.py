@@ -18,7 +18,7 @@ import torch
 from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
 from torch import nn
-from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
+from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler
 
 from pneumo import console
 from pneumo.augment import AugmentSpec
@@ -31,7 +31,7 @@ from pneumo.fsutil import atomic_write_json
 from pneumo.loader import PixelDataset, eval_batches, make_loader, steps_per_epoch, train_batches
 from pneumo.metrics import classification_metrics, epoch_metrics
 from pneumo.mixing import MixSpec
-from pneumo.models import create_model, set_head_only, train_mode
+from pneumo.models import create_model, lr_groups, set_head_only, train_mode
 from pneumo.predictions import read_predictions, write_predictions
 from pneumo.splits import Splits
 from pneumo.tracking import FoldLogger
@@ -81,8 +81,10 @@ def build_trainable(
         zero_init_last=cfg.zero_init_last,
     )
     model.to(device, memory_format=torch.channels_last)
+    scale = cfg.backbone_lr_scale
+    groups = None if scale == 1 else (lambda m: lr_groups(m, cfg.lr, scale))
     optimizer = create_optimizer_v2(
-        model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, filter_bias_and_bn=False
+        model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, filter_bias_and_bn=False, param_group_fn=groups
     )
     scaler = torch.amp.GradScaler(device.type, enabled=mixed_precision == "fp16")
     weight = None
@@ -106,19 +108,25 @@ def build_trainable(
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Namespace, n_steps: int) -> LRScheduler:
-    """Cosine from --lr to --min-lr over the run, after a linear warmup; stepped once per optimizer step."""
+    """Cosine from each group's lr down to --min-lr x (its lr / --lr), after a linear warmup.
+
+    Stepped once per optimizer step. With one learning rate and no warmup this is exactly
+    CosineAnnealingLR (kept, so earlier runs resume bitwise); otherwise the same curve as a
+    closed form, because CosineAnnealingLR has one floor for all parameter groups.
+    """
     total = cfg.epochs * n_steps
     warmup = round(cfg.warmup_epochs * n_steps)
-    if not warmup:
+    if not warmup and len({g["lr"] for g in optimizer.param_groups}) == 1:
         return CosineAnnealingLR(optimizer, T_max=total, eta_min=cfg.min_lr)
-    return SequentialLR(
-        optimizer,
-        [
-            LinearLR(optimizer, start_factor=1.0 / warmup, total_iters=warmup),
-            CosineAnnealingLR(optimizer, T_max=total - warmup, eta_min=cfg.min_lr),
-        ],
-        milestones=[warmup],
-    )
+    floor = cfg.min_lr / cfg.lr
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return 1 / warmup + (1 - 1 / warmup) * step / warmup
+        t = min(step - warmup, total - warmup) / (total - warmup)
+        return floor + (1 - floor) * (1 + math.cos(math.pi * t)) / 2
+
+    return LambdaLR(optimizer, factor)
 
 
 def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:

@@ -30,6 +30,8 @@ TRAIN_ARGS = [
     "1",
     "--workers",
     "0",
+    "--saliency-images",
+    "0",
 ]
 
 
@@ -116,7 +118,7 @@ def run_two(tiny_data, cache_dir, tmp_path_factory) -> tuple[Path, subprocess.Co
 def run_one(tiny_data, cache_dir, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """The same run in one process (all folds in turn)."""
     out = tmp_path_factory.mktemp("runs") / "one"
-    return out, train(tiny_data, out, cache_dir, "--audit-samples")
+    return out, train(tiny_data, out, cache_dir, "--audit-samples", "--saliency-images", "2")
 
 
 def read_jsonl(path: Path) -> list[dict]:

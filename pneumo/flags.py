@@ -43,11 +43,13 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def _bounds(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    """The interval a value must lie in, in words."""
+    show = lambda x: f"{x:g}" if isinstance(x, float) else str(x)
     if low is not None and high is not None:
-        return f"must be in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        return f"must be in {'(' if low_open else '['}{show(low)}, {show(high)}{')' if high_open else ']'}"
     if low is not None:
-        return f"must be {'greater than' if low_open else 'at least'} {low:g}"
-    return f"must be {'less than' if high_open else 'at most'} {high:g}"
+        return f"must be {'greater than' if low_open else 'at least'} {show(low)}"
+    return f"must be {'less than' if high_open else 'at most'} {show(high)}"
 
 
 def integer(low: int | None = None, high: int | None = None, note: str = "") -> Callable[[str], int]:

@@ -1,8 +1,14 @@
-"""Command-line flags, YAML config files, validation, and the resolved run config."""
+"""Command-line flags, YAML config files, validation, and the resolved run config.
+
+A flag's own checks are its `type=` and `choices=` (pneumo.flags); `--config` values go through
+the same parser, so a value is checked alike wherever it comes from. Checks that need several
+flags are `check_together`'s rules.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from argparse import Namespace
 from pathlib import Path
@@ -11,7 +17,16 @@ from typing import Any
 import yaml
 
 from pneumo.errors import PneumoError
-from pneumo.threshold import parse_policy
+from pneumo.flags import (
+    ArgumentParser,
+    FlagError,
+    existing_file,
+    integer,
+    number,
+    threshold_policy,
+    timm_model,
+    timm_optimizer,
+)
 
 # Keys that change where or how fast a run goes, never its numbers: ignored when a run
 # directory's recorded config is compared with a new invocation (resume).
@@ -24,8 +39,9 @@ NON_RESULT_KEYS = frozenset(
         "cache_dir",
         "no_cache",
         "config",
-        "audit_samples",
         "audit",
+        "audit_samples",
+        "keep_state",
         "saliency_images",
     }
 )
@@ -49,7 +65,7 @@ def default_cache_dir() -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     """The train.py flags, in groups; every flag documented."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         description="Train one timm model per cross-validation fold (folds run in parallel across "
         "processes) and evaluate the fold ensemble on the test split.",
         formatter_class=HelpFormatter,
@@ -67,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="runs/default",
         help="run directory (created; resumed when it holds the same config)",
     )
-    g.add_argument("--image-size", type=int, default=224, help="square input size: resize keeping aspect ratio, pad")
+    g.add_argument(
+        "--image-size", type=integer(32), default=224, help="square input size: resize keeping aspect ratio, pad"
+    )
     g.add_argument(
         "--keep-val-apart",
         action="store_true",
@@ -77,7 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--no-cache", action="store_true", help="decode images from their files every epoch instead of the cache"
     )
-    g.add_argument("--workers", type=int, default=-1, help="decode processes (-1: the CPUs of this process's share)")
+    g.add_argument(
+        "--workers",
+        type=integer(-1, note=" (-1 = automatic)"),
+        default=-1,
+        help="decode processes (-1: the CPUs of this process's share)",
+    )
     g.add_argument(
         "--equalize",
         choices=("none", "hist", "clahe"),
@@ -87,14 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--crop",
-        type=float,
+        type=number(0.3, 1),
         default=1.0,
         help="keep the central FRACTION of each image's width and height at decode time, cached, every "
         "split alike (markers, text and devices sit at the borders)",
     )
     g.add_argument(
         "--jpeg-quality",
-        type=int,
+        type=integer(0, 100, note=" (0 = off)"),
         default=0,
         help="re-encode every image (every split) as a JPEG of this quality at decode time, cached, so "
         "that sets stored at different qualities carry the same compression (0: off)",
@@ -107,8 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     g = p.add_argument_group("folds")
-    g.add_argument("--folds", type=int, default=5, help="number of cross-validation folds (one model each)")
-    g.add_argument("--seed", type=int, default=42, help="seed for folds, initialisation, sampling and augmentation")
+    g.add_argument("--folds", type=integer(2), default=5, help="number of cross-validation folds (one model each)")
+    g.add_argument(
+        "--seed",
+        type=integer(0, 2**32 - 1),
+        default=42,
+        help="seed for folds, initialisation, sampling and augmentation",
+    )
     g.add_argument(
         "--no-group",
         action="store_true",
@@ -116,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--train-folds",
-        type=int,
+        type=integer(0),
         nargs="+",
         default=None,
         help="train only these folds of the --folds split (screening); the ensemble is theirs; default: all",
@@ -124,25 +152,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("model")
     g.add_argument(
-        "--model", type=str, default="resnet18", help="any timm model name (resnet18/34/50, seresnet50, ...)"
+        "--model", type=timm_model, default="resnet18", help="any timm model name (resnet18/34/50, seresnet50, ...)"
     )
     g.add_argument(
         "--pretrained", action="store_true", help="start from timm's pretrained weights (downloads from the hub)"
     )
     g.add_argument(
         "--pretrained-file",
-        type=str,
+        type=existing_file,
         default=None,
         help="start from a local weights file (.pth/.safetensors, timm layout); works offline",
     )
-    g.add_argument("--dropout", type=float, default=0.3, help="dropout before the 2-class linear head")
+    g.add_argument(
+        "--dropout", type=number(0, 1, high_open=True), default=0.3, help="dropout before the 2-class linear head"
+    )
     g.add_argument(
         "--init",
         choices=("xavier", "timm"),
         default="xavier",
         help="initialisation when not pretrained: Xavier-uniform (reference) or timm's own",
     )
-    g.add_argument("--freeze-epochs", type=int, default=0, help="train only the head for the first N epochs")
+    g.add_argument("--freeze-epochs", type=integer(0), default=0, help="train only the head for the first N epochs")
     g.add_argument(
         "--zero-init-last",
         action=argparse.BooleanOptionalAction,
@@ -151,15 +181,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=10, help="epochs per fold")
-    g.add_argument("--batch-size", type=int, default=32, help="batch size per fold")
-    g.add_argument("--opt", type=str, default="adamw", help="optimizer name for timm.optim.create_optimizer_v2")
-    g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    g.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay")
-    g.add_argument("--min-lr", type=float, default=1e-4, help="eta_min of the cosine schedule")
+    g.add_argument("--epochs", type=integer(1), default=10, help="epochs per fold")
+    g.add_argument("--batch-size", type=integer(1), default=32, help="batch size per fold")
+    g.add_argument(
+        "--opt", type=timm_optimizer, default="adamw", help="optimizer name for timm.optim.create_optimizer_v2"
+    )
+    g.add_argument("--lr", type=number(0, low_open=True), default=1e-3, help="peak learning rate")
+    g.add_argument("--weight-decay", type=number(0), default=1e-4, help="weight decay")
+    g.add_argument("--min-lr", type=number(0), default=1e-4, help="eta_min of the cosine schedule")
     g.add_argument(
         "--backbone-lr-scale",
-        type=float,
+        type=number(0, low_open=True),
         default=1.0,
         help="backbone learning rate = --lr x this (the head keeps --lr); below 1 for fine-tuning pretrained weights",
     )
@@ -169,40 +201,66 @@ def build_parser() -> argparse.ArgumentParser:
         default="sampler",
         help="class imbalance: WeightedRandomSampler, class-weighted loss, or nothing",
     )
-
-    g.add_argument("--warmup-epochs", type=float, default=0.0, help="linear learning-rate warmup before the cosine")
-    g.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing of the cross-entropy loss")
-    g.add_argument("--mixup", type=float, default=0.0, help="mixup Beta(a, a) concentration a (0: off)")
-    g.add_argument("--cutmix", type=float, default=0.0, help="CutMix Beta(a, a) concentration a (0: off)")
+    g.add_argument(
+        "--warmup-epochs", type=number(0), default=0.0, help="linear learning-rate warmup before the cosine"
+    )
+    g.add_argument(
+        "--label-smoothing",
+        type=number(0, 1, high_open=True),
+        default=0.0,
+        help="label smoothing of the cross-entropy loss",
+    )
+    g.add_argument("--mixup", type=number(0), default=0.0, help="mixup Beta(a, a) concentration a (0: off)")
+    g.add_argument("--cutmix", type=number(0), default=0.0, help="CutMix Beta(a, a) concentration a (0: off)")
     g.add_argument(
         "--ema-decay",
-        type=float,
+        type=number(0, 1, high_open=True),
         default=0.0,
         help="keep an EMA of the weights (timm ModelEmaV3, with warmup) and validate/checkpoint it (0: off)",
     )
 
     g = p.add_argument_group("augmentation (on the device, per sample, seeded per fold)")
-    g.add_argument("--aug-rotate", type=float, default=10.0, help="rotation, uniform in +-DEGREES")
-    g.add_argument("--aug-flip", type=float, default=0.5, help="horizontal flip probability")
+    probability = number(0, 1)
+    g.add_argument("--aug-rotate", type=number(0, 180), default=10.0, help="rotation, uniform in +-DEGREES")
+    g.add_argument("--aug-flip", type=probability, default=0.5, help="horizontal flip probability")
     g.add_argument(
         "--aug-scale",
-        type=float,
+        type=number(0, low_open=True),
         nargs=2,
         default=None,
         metavar=("MIN", "MAX"),
         help="zoom factor, uniform in [MIN, MAX] (>1 zooms in)",
     )
-    g.add_argument("--aug-aspect", type=float, default=1.0, help="aspect stretch, log-uniform in [1/R, R]")
-    g.add_argument("--aug-translate", type=float, default=0.0, help="shift, uniform in +-FRACTION of the image")
-    g.add_argument("--aug-gamma", type=float, default=0.0, help="gamma, log-uniform in [1/(1+G), 1+G]")
-    g.add_argument("--aug-contrast", type=float, default=0.0, help="contrast factor, uniform in 1 +- C")
-    g.add_argument("--aug-brightness", type=float, default=0.0, help="brightness offset, uniform in +-B (0..1 scale)")
-    g.add_argument("--aug-blur-p", type=float, default=0.0, help="probability of a Gaussian blur")
-    g.add_argument("--aug-blur-sigma", type=float, default=0.0, help="blur sigma, uniform in [0.1, SIGMA] pixels")
-    g.add_argument("--aug-noise-p", type=float, default=0.0, help="probability of Gaussian noise")
-    g.add_argument("--aug-noise-std", type=float, default=0.0, help="noise std, uniform in [0, STD] (0..1 scale)")
+    g.add_argument("--aug-aspect", type=number(1), default=1.0, help="aspect stretch, log-uniform in [1/R, R]")
     g.add_argument(
-        "--aug-erase-p", type=float, default=0.0, help="probability of erasing one rectangle (2-20%% of the image)"
+        "--aug-translate",
+        type=number(0, 0.5, high_open=True),
+        default=0.0,
+        help="shift, uniform in +-FRACTION of the image",
+    )
+    g.add_argument("--aug-gamma", type=number(0), default=0.0, help="gamma, log-uniform in [1/(1+G), 1+G]")
+    g.add_argument(
+        "--aug-contrast", type=number(0, 1, high_open=True), default=0.0, help="contrast factor, uniform in 1 +- C"
+    )
+    g.add_argument(
+        "--aug-brightness",
+        type=number(0, 1, high_open=True),
+        default=0.0,
+        help="brightness offset, uniform in +-B (0..1 scale)",
+    )
+    g.add_argument("--aug-blur-p", type=probability, default=0.0, help="probability of a Gaussian blur")
+    g.add_argument(
+        "--aug-blur-sigma", type=number(0, 10), default=0.0, help="blur sigma, uniform in [0.1, SIGMA] pixels"
+    )
+    g.add_argument("--aug-noise-p", type=probability, default=0.0, help="probability of Gaussian noise")
+    g.add_argument(
+        "--aug-noise-std",
+        type=number(0, 1, high_open=True),
+        default=0.0,
+        help="noise std, uniform in [0, STD] (0..1 scale)",
+    )
+    g.add_argument(
+        "--aug-erase-p", type=probability, default=0.0, help="probability of erasing a rectangle (2-20%% of the image)"
     )
     g.add_argument(
         "--tta",
@@ -215,14 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("clinical evaluation")
     g.add_argument(
         "--threshold-policy",
-        type=str,
+        type=threshold_policy,
         default="youden",
         help="operating point chosen on out-of-fold predictions: youden, balanced, sensitivity:X, specificity:X, "
         "fixed:X",
     )
     g.add_argument(
         "--saliency-images",
-        type=int,
+        type=integer(0, note=" (0 = none)"),
         default=16,
         help="Grad-CAM figures of up to N misclassified and N random test images (0: none)",
     )
@@ -236,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--threads",
-        type=int,
+        type=integer(0, note=" (0 = automatic)"),
         default=0,
         help="CPU threads per process (0: this process's share of the CPUs); bitwise CPU "
         "reproducibility across launches needs the same value",
@@ -264,111 +322,136 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write the file list each fold trained on, per epoch (foldK/samples_epochN.json)",
     )
+    g.add_argument(
+        "--keep-state",
+        action="store_true",
+        help="keep each finished fold's resume state (foldK/state.pt); by default it is deleted when the fold is done",
+    )
     return p
 
 
-def _yaml_defaults(parser: argparse.ArgumentParser, path: str) -> dict[str, Any]:
+def _tokens(action: argparse.Action, value: Any) -> list[str] | None:
+    """The command-line form of a config-file value for `action`; None when the value has the wrong
+    shape (a list for a single value, a boolean for a number, ...). [] means "the default"."""
+    option = action.option_strings[0]
+    if isinstance(action, argparse.BooleanOptionalAction):  # --x / --no-x
+        return [option if value else action.option_strings[1]] if isinstance(value, bool) else None
+    if action.nargs == 0:  # an on/off flag
+        if not isinstance(value, bool):
+            return None
+        return [option] if value == action.const else []
+    if value is None:
+        return [] if action.default is None else None
+    if isinstance(value, list) and (action.nargs in ("*", "+") or isinstance(action.nargs, int)):
+        if all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value):
+            return [option, *map(str, value)]
+        return None
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return [f"{option}={value}"]  # "=": a value like -1e-3 is not mistaken for a flag
+    return None
+
+
+def read_config_file(parser: argparse.ArgumentParser, path: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """The flag values in a YAML config file, each checked and converted by the parser exactly as
+    the same flag on the command line; and each dest's key as written in the file."""
     try:
-        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        loaded = yaml.safe_load(Path(path).expanduser().read_text(encoding="utf-8")) or {}
     except OSError as exc:
         raise PneumoError(f"--config {path}: cannot read it ({exc.strerror})") from exc
     except yaml.YAMLError as exc:
         raise PneumoError(f"--config {path}: not valid YAML ({exc})") from exc
     if not isinstance(loaded, dict):
         raise PneumoError(f"--config {path}: expected a mapping of flag names to values")
-    known = {a.dest for a in parser._actions}
-    values = {str(k).replace("-", "_"): v for k, v in loaded.items()}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise PneumoError(f"--config {path}: unknown key(s) {unknown}; see train.py --help")
-    return values
+    actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest != "help"}
+    values: dict[str, Any] = {}
+    keys: dict[str, str] = {}
+    for key, value in loaded.items():
+        dest = str(key).replace("-", "_")
+        if dest not in actions:
+            raise PneumoError(f"{path}: {key}: unknown key; config keys are the flags of {parser.prog} --help")
+        if dest == "config":
+            raise PneumoError(f"{path}: {key}: a config file cannot name another one")
+        if dest in keys:
+            raise PneumoError(f"{path}: {key}: given twice (also as {keys[dest]})")
+        tokens = _tokens(actions[dest], value)
+        if tokens is None:
+            flag = actions[dest].option_strings[0]
+            expected = "true or false" if actions[dest].nargs == 0 else f"a value like {flag} takes"
+            raise PneumoError(f"{path}: {key}: expected {expected}, got {json.dumps(value, default=str)}")
+        try:
+            values[dest] = getattr(parser.parse_args(tokens), dest)
+        except FlagError as exc:
+            raise PneumoError(f"{path}: {key}: {exc.problem}") from None
+        keys[dest] = str(key)
+    return values, keys
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse flags; values from `--config` YAML act as defaults that explicit flags override."""
+    """Parse flags; values from `--config` YAML act as defaults that explicit flags override.
+
+    Every value, from either source, is checked by the parser (types, ranges, choices), then the
+    flags are checked together; a bad one raises PneumoError naming the flag, or the file and key.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
+    where: dict[str, str] = {}
     if args.config:
-        parser.set_defaults(**_yaml_defaults(parser, args.config))
+        values, keys = read_config_file(parser, args.config)
+        parser.set_defaults(**values)
         args = parser.parse_args(argv)
+        where = {d: f"{args.config}: {keys[d]}" for d, v in values.items() if getattr(args, d) == v}
+    check_together(args, where)
     return args
 
 
-def validate(args: argparse.Namespace) -> None:
-    """Fail fast, before any heavy work, on values that cannot work; one clear line each."""
-    import timm
-
-    checks = [
-        (args.image_size >= 32, f"--image-size {args.image_size}: must be at least 32"),
-        (args.folds >= 2, f"--folds {args.folds}: cross-validation needs at least 2"),
-        (args.batch_size >= 1, f"--batch-size {args.batch_size}: must be at least 1"),
-        (args.epochs >= 1, f"--epochs {args.epochs}: must be at least 1"),
-        (args.lr > 0, f"--lr {args.lr}: must be positive"),
-        (0 <= args.min_lr <= args.lr, f"--min-lr {args.min_lr}: must be between 0 and --lr {args.lr}"),
-        (args.weight_decay >= 0, f"--weight-decay {args.weight_decay}: must be >= 0"),
-        (0 <= args.dropout < 1, f"--dropout {args.dropout}: must be in [0, 1)"),
-        (0 <= args.freeze_epochs <= args.epochs, f"--freeze-epochs {args.freeze_epochs}: must be in [0, --epochs]"),
-        (0 <= args.warmup_epochs < args.epochs, f"--warmup-epochs {args.warmup_epochs}: must be in [0, --epochs)"),
-        (0 <= args.label_smoothing < 1, f"--label-smoothing {args.label_smoothing}: must be in [0, 1)"),
-        (args.mixup >= 0, f"--mixup {args.mixup}: must be >= 0 (0 = off)"),
-        (args.cutmix >= 0, f"--cutmix {args.cutmix}: must be >= 0 (0 = off)"),
-        (0 <= args.ema_decay < 1, f"--ema-decay {args.ema_decay}: must be in [0, 1) (0 = off)"),
+def check_together(args: argparse.Namespace, where: dict[str, str] | None = None) -> None:
+    """Refuse flag values that are fine alone but not together, naming the flag, or the config
+    file and key (`where`) that the refused value came from."""
+    where = where or {}
+    rules = [
+        (args.min_lr <= args.lr, "min_lr", f"must be at most --lr ({args.lr:g}), got {args.min_lr:g}"),
         (
-            args.train_folds is None or all(0 <= k < args.folds for k in args.train_folds),
-            f"--train-folds {args.train_folds}: each must be a fold in [0, --folds {args.folds})",
+            args.freeze_epochs <= args.epochs,
+            "freeze_epochs",
+            f"must be at most --epochs ({args.epochs}), got {args.freeze_epochs}",
         ),
-        (0.3 <= args.crop <= 1, f"--crop {args.crop}: must be a fraction in [0.3, 1]"),
-        (0 <= args.jpeg_quality <= 100, f"--jpeg-quality {args.jpeg_quality}: must be in 1..100, or 0 for off"),
-        (args.aug_rotate >= 0, f"--aug-rotate {args.aug_rotate}: must be >= 0"),
-        (0 <= args.aug_flip <= 1, f"--aug-flip {args.aug_flip}: must be a probability in [0, 1]"),
+        (not (args.resume and args.overwrite), "overwrite", "contradicts --resume; pick one"),
         (
-            args.aug_scale is None or 0 < args.aug_scale[0] <= args.aug_scale[1],
-            f"--aug-scale {args.aug_scale}: needs 0 < MIN <= MAX",
+            args.warmup_epochs < args.epochs,
+            "warmup_epochs",
+            f"must be less than --epochs ({args.epochs}), got {args.warmup_epochs:g}",
         ),
-        (args.aug_aspect >= 1, f"--aug-aspect {args.aug_aspect}: must be >= 1 (1 = off)"),
-        (0 <= args.aug_translate < 0.5, f"--aug-translate {args.aug_translate}: must be in [0, 0.5)"),
-        (args.aug_gamma >= 0, f"--aug-gamma {args.aug_gamma}: must be >= 0"),
-        (0 <= args.aug_contrast < 1, f"--aug-contrast {args.aug_contrast}: must be in [0, 1)"),
-        (0 <= args.aug_brightness < 1, f"--aug-brightness {args.aug_brightness}: must be in [0, 1)"),
-        (0 <= args.aug_blur_p <= 1, f"--aug-blur-p {args.aug_blur_p}: must be a probability in [0, 1]"),
-        (0 <= args.aug_blur_sigma <= 10, f"--aug-blur-sigma {args.aug_blur_sigma}: must be in [0, 10] pixels"),
-        (0 <= args.aug_noise_p <= 1, f"--aug-noise-p {args.aug_noise_p}: must be a probability in [0, 1]"),
-        (0 <= args.aug_erase_p <= 1, f"--aug-erase-p {args.aug_erase_p}: must be a probability in [0, 1]"),
-        (0 <= args.aug_noise_std < 1, f"--aug-noise-std {args.aug_noise_std}: must be in [0, 1)"),
-        (args.threads >= 0, f"--threads {args.threads}: must be >= 0 (0 = automatic)"),
-        (args.workers >= -1, f"--workers {args.workers}: must be >= 0, or -1 for automatic"),
-        (not (args.resume and args.overwrite), "--resume and --overwrite contradict each other; pick one"),
-        (args.backbone_lr_scale > 0, f"--backbone-lr-scale {args.backbone_lr_scale}: must be positive"),
-        (args.saliency_images >= 0, f"--saliency-images {args.saliency_images}: must be >= 0 (0 = none)"),
+        (
+            not args.train_folds or max(args.train_folds) < args.folds,
+            "train_folds",
+            f"each must be a fold of --folds {args.folds} (0..{args.folds - 1}), got {args.train_folds}",
+        ),
+        (
+            not args.aug_scale or args.aug_scale[0] <= args.aug_scale[1],
+            "aug_scale",
+            f"needs MIN <= MAX, got {args.aug_scale}",
+        ),
+        (
+            not (args.pretrained and args.pretrained_file),
+            "pretrained_file",
+            "contradicts --pretrained (hub weights); pick one",
+        ),
     ]
-    for ok, message in checks:
+    for ok, dest, problem in rules:
         if not ok:
-            raise PneumoError(message)
-    parse_policy(args.threshold_policy)
-    if not timm.is_model(args.model):
-        close = timm.list_models(f"*{args.model}*")[:5]
-        hint = f" (did you mean {', '.join(close)}?)" if close else "; see timm.list_models()"
-        raise PneumoError(f"--model {args.model}: not a timm model{hint}")
-    _check_optimizer(args.opt)
+            raise PneumoError(f"{where.get(dest, '--' + dest.replace('_', '-'))}: {problem}")
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Fail fast, before any heavy work: the flags together, and a --pretrained-file of another
+    architecture than --model (values alone were checked when parsed)."""
+    check_together(args)
     if args.pretrained_file:
-        if not Path(args.pretrained_file).is_file():
-            raise PneumoError(f"--pretrained-file {args.pretrained_file}: no such file")
         from pneumo.models import create_model
 
         # Seconds now rather than after decoding the data set: weights of another
         # architecture are refused here, naming the file.
         create_model(args.model, pretrained_file=args.pretrained_file)
-
-
-def _check_optimizer(name: str) -> None:
-    """Refuse an optimizer name that timm's `create_optimizer_v2` would not know."""
-    from timm.optim import get_optimizer_info
-
-    base = name.lower().split("_")[-1]  # as timm parses it: "lookahead_adamw" -> adamw
-    try:
-        get_optimizer_info(base)
-    except ValueError:
-        raise PneumoError(f"--opt {name}: not a timm optimizer; see timm.optim.list_optimizers()") from None
 
 
 def folds_to_train(config: Namespace | dict[str, Any]) -> list[int]:

@@ -21,9 +21,11 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 @dataclass
 class EpochTotals:
-    """Running totals of one training epoch (kept in mid-epoch checkpoints)."""
+    """Running totals of one training epoch (kept in mid-epoch checkpoints): `step` counts
+    batches, `optimizer_steps` the ones whose update was applied (fp16 skips inf/NaN ones)."""
 
     step: int = 0
+    optimizer_steps: int = 0
     loss_sum: float = 0.0
     labels: list[int] = field(default_factory=list)
     preds: list[int] = field(default_factory=list)
@@ -69,10 +71,13 @@ def train_one_epoch(
     autocast: Autocast,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> bool:
-    """Train on `batches` (one optimizer and one scheduler step each); False if stopped early.
+    """Train on `batches` (one optimizer step each, and one scheduler step per optimizer step
+    really taken); False if stopped early.
 
     Augmentation parameters come from `aug_generator`, so a run is reproducible; a NaN or
-    infinite loss raises NonFiniteLossError before the weights are touched.
+    infinite loss raises NonFiniteLossError before the weights are touched. With fp16, the grad
+    scaler skips the update of a batch whose gradients overflowed (and lowers its scale): the
+    schedule then does not advance either, so the LR follows the updates actually made.
     """
     for pixels, idx in batches:
         x = pixels.to(device, non_blocking=True)
@@ -94,10 +99,13 @@ def train_one_epoch(
         t.optimizer.zero_grad(set_to_none=True)
         t.scaler.scale(loss).backward()
         t.scaler.step(t.optimizer)
+        scale = t.scaler.get_scale()
         t.scaler.update()
-        t.scheduler.step()
-        if t.ema is not None:
-            t.ema.update(t.model, step=t.scheduler.last_epoch)
+        if t.scaler.get_scale() >= scale:  # the scale only drops when the step was skipped
+            t.scheduler.step()
+            totals.optimizer_steps += 1
+            if t.ema is not None:
+                t.ema.update(t.model, step=t.scheduler.last_epoch)
         totals.step += 1
         totals.loss_sum += value * len(idx)
         totals.labels.extend(y.tolist())

@@ -24,8 +24,8 @@ from pneumo.images import Preprocess
 from pneumo.loader import PixelDataset, eval_batches, make_loader
 from pneumo.metrics import report_text
 from pneumo.predictions import write_predictions
-from pneumo.report import SUMMARY, evaluate_split, metrics_table, write_split_predictions
-from pneumo.rundir import read_config
+from pneumo.report import SPREAD, SUMMARY, evaluate_split, metrics_table, write_split_predictions
+from pneumo.rundir import CONFIG, read_config
 from pneumo.runner import decode_images, unusable_images
 from pneumo.trainer import RESULT, fold_dir
 
@@ -37,6 +37,15 @@ def _done_folds(run_dir: Path, folds: list[int]) -> list[int]:
     return [k for k in folds if read_json(fold_dir(run_dir, k) / RESULT)["status"] == "done"]
 
 
+def _run_config(run_dir: Path) -> dict:
+    """The run's config.yaml, with the keys evaluation needs."""
+    config = read_config(run_dir)
+    lacking = [k for k in ("folds", "model", "data_dir", "mixed_precision") if k not in config]
+    if lacking:
+        raise PneumoError(f"{run_dir / CONFIG}: lacks {lacking}; not a config written by train.py")
+    return config
+
+
 def _load_models(run_dir: Path, config: dict, device: torch.device) -> list[FoldModel]:
     folds = _done_folds(run_dir, folds_to_train(config))
     return [load_fold_model(fold_dir(run_dir, k) / BEST, device, expect_model=config["model"]) for k in folds]
@@ -44,7 +53,7 @@ def _load_models(run_dir: Path, config: dict, device: torch.device) -> list[Fold
 
 def evaluate_run(run_dir: Path, args: Namespace) -> dict:
     """Each fold model and the ensemble on `args.split`; written to run_dir/evaluation/<split>/."""
-    config = read_config(run_dir)
+    config = _run_config(run_dir)
     accelerator = make_accelerator(args.mixed_precision or config["mixed_precision"])
     set_threads(args.threads)
     models = _load_models(run_dir, config, accelerator.device)
@@ -102,7 +111,7 @@ def evaluate_run(run_dir: Path, args: Namespace) -> dict:
 def split_tables(name: str, section: dict) -> list[Table]:
     """Per fold, mean ± std and ensemble on the split at 0.5; then the clinical tables."""
     rows = [(f"fold {k}", [m]) for k, m in section["folds"].items()]
-    rows += [("mean ± std", [section["fold_mean_std"]]), ("ensemble", [section["ensemble"]])]
+    rows += [(SPREAD, [section["fold_mean_std"]]), ("ensemble", [section["ensemble"]])]
     return [
         metrics_table(f"{name} on {section['split']}", [section["split"]], rows),
         *clinical_tables(section["clinical"]),
@@ -111,7 +120,7 @@ def split_tables(name: str, section: dict) -> list[Table]:
 
 def predict_images(run_dir: Path, args: Namespace) -> Path:
     """Ensemble probabilities for image files/folders; written as CSV to `args.out`."""
-    config = read_config(run_dir)
+    config = _run_config(run_dir)
     accelerator = make_accelerator(args.mixed_precision or config["mixed_precision"])
     set_threads(args.threads)
     models = _load_models(run_dir, config, accelerator.device)

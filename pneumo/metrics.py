@@ -1,13 +1,40 @@
-"""Classification metrics as a radiology paper reports them, from labels and probabilities."""
+"""Classification metrics as a radiology paper reports them, from labels and probabilities.
+
+A metric that is undefined on the data (specificity without negatives, sensitivity or recall
+without positives, precision without predicted positives, ROC-AUC with one class) is None
+(`null` in JSON, "n/a" in tables), never 0.0.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score
 
 SUMMARY_KEYS = ("accuracy", "roc_auc", "sensitivity", "specificity", "loss")
+
+
+def _defined(value: Any) -> float | None:
+    """A metric as a float, or None where sklearn says it is undefined (NaN)."""
+    value = float(value)
+    return None if np.isnan(value) else value
+
+
+def _report(labels: np.ndarray, preds: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    """sklearn's classification report as a dict, undefined ratios as None."""
+    report = classification_report(
+        labels,
+        preds,
+        labels=list(range(len(classes))),
+        target_names=list(classes),
+        output_dict=True,
+        zero_division=np.nan,
+    )
+    rows = {name: row for name, row in report.items() if isinstance(row, dict)}
+    return {name: {k: int(v) if k == "support" else _defined(v) for k, v in row.items()} for name, row in rows.items()}
 
 
 def classification_metrics(
@@ -24,24 +51,21 @@ def classification_metrics(
     probs = np.asarray(probs, dtype=np.float64)
     preds = probs.argmax(axis=1)
     ids = list(range(len(classes)))
-    report = classification_report(
-        labels, preds, labels=ids, target_names=list(classes), output_dict=True, zero_division=0
-    )
+    report = _report(labels, preds, classes)
     negative = 1 - positive
     both = len(np.unique(labels)) == 2
     eps = 1e-12
+    n = len(labels)
     out = {
-        "n": len(labels),
-        "accuracy": float((preds == labels).mean()) if len(labels) else float("nan"),
-        "loss": float(-np.log(np.clip(probs[np.arange(len(labels)), labels], eps, 1.0)).mean())
-        if len(labels)
-        else float("nan"),
+        "n": n,
+        "accuracy": float((preds == labels).mean()) if n else None,
+        "loss": float(-np.log(np.clip(probs[np.arange(n), labels], eps, 1.0)).mean()) if n else None,
         "roc_auc": float(roc_auc_score(labels == positive, probs[:, positive])) if both else None,
-        "sensitivity": float(report[classes[positive]]["recall"]),
-        "specificity": float(report[classes[negative]]["recall"]),
-        "per_class": {c: {k: float(v) if k != "support" else int(v) for k, v in report[c].items()} for c in classes},
-        "macro_avg": {k: float(v) for k, v in report["macro avg"].items()},
-        "weighted_avg": {k: float(v) for k, v in report["weighted avg"].items()},
+        "sensitivity": report[classes[positive]]["recall"],
+        "specificity": report[classes[negative]]["recall"],
+        "per_class": {c: report[c] for c in classes},
+        "macro_avg": report["macro avg"],
+        "weighted_avg": report["weighted avg"],
         "confusion_matrix": {"labels": list(classes), "matrix": confusion_matrix(labels, preds, labels=ids).tolist()},
     }
     if files is not None:
@@ -54,32 +78,34 @@ def classification_metrics(
 
 
 def report_text(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> str:
-    """sklearn's text classification report for arg-max predictions."""
+    """sklearn's text classification report for arg-max predictions; undefined ratios read n/a."""
     preds = np.asarray(probs).argmax(axis=1)
-    return classification_report(
-        labels, preds, labels=list(range(len(classes))), target_names=list(classes), digits=4, zero_division=0
+    text = classification_report(
+        labels, preds, labels=list(range(len(classes))), target_names=list(classes), digits=4, zero_division=np.nan
     )
+    return re.sub(r"\bnan\b", "n/a", text)
 
 
-def mean_std(results: Sequence[dict], keys: Sequence[str] = SUMMARY_KEYS) -> dict[str, dict[str, float | None]]:
-    """Mean and (population) standard deviation of each metric across folds, skipping None."""
-    out: dict[str, dict[str, float | None]] = {}
+def mean_std(results: Sequence[dict], keys: Sequence[str] = SUMMARY_KEYS) -> dict[str, dict[str, Any]]:
+    """Per metric across folds: the mean and the sample standard deviation (ddof=1) of the folds
+    where it is defined (`n` of them); None where there are too few (none, or one for the SD)."""
+    out: dict[str, dict[str, Any]] = {}
     for key in keys:
         values = [r[key] for r in results if r.get(key) is not None]
-        out[key] = (
-            {"mean": float(np.mean(values)), "std": float(np.std(values))} if values else {"mean": None, "std": None}
-        )
+        out[key] = {
+            "mean": float(np.mean(values)) if values else None,
+            "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+            "n": len(values),
+        }
     return out
 
 
 def epoch_metrics(labels: Sequence[int], preds: Sequence[int], classes: Sequence[str]) -> dict:
     """Accuracy and per-class precision and recall of arg-max predictions (per-epoch logging)."""
     labels, preds = np.asarray(labels), np.asarray(preds)
-    report = classification_report(
-        labels, preds, labels=list(range(len(classes))), target_names=list(classes), output_dict=True, zero_division=0
-    )
+    report = _report(labels, preds, classes)
     return {
-        "accuracy": float((labels == preds).mean()) if len(labels) else float("nan"),
-        "precision": {c: float(report[c]["precision"]) for c in classes},
-        "recall": {c: float(report[c]["recall"]) for c in classes},
+        "accuracy": float((labels == preds).mean()) if len(labels) else None,
+        "precision": {c: report[c]["precision"] for c in classes},
+        "recall": {c: report[c]["recall"] for c in classes},
     }

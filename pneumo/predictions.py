@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pneumo.errors import PneumoError
 from pneumo.fsutil import atomic_write_text
 
 
@@ -41,14 +42,24 @@ def write_predictions(
 
 
 def read_predictions(path: Path, classes: Sequence[str]) -> Predictions:
-    """Read a table written by `write_predictions`."""
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    index = {c: i for i, c in enumerate(classes)}
-    return Predictions(
-        files=[r["file"] for r in rows],
-        labels=np.asarray([index.get(r["label"], -1) for r in rows], dtype=np.int64),
-        probs=np.asarray([[float(r[f"prob_{c}"]) for c in classes] for r in rows], dtype=np.float64).reshape(
-            -1, len(classes)
-        ),
-    )
+    """Read a table written by `write_predictions`; a missing or damaged one is a PneumoError naming it."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        index = {c: i for i, c in enumerate(classes)}
+        return Predictions(
+            files=[r["file"] for r in rows],
+            labels=np.asarray([index.get(r["label"], -1) for r in rows], dtype=np.int64),
+            probs=np.asarray([[float(r[f"prob_{c}"]) for c in classes] for r in rows], dtype=np.float64).reshape(
+                -1, len(classes)
+            ),
+        )
+    except OSError as exc:
+        raise PneumoError(
+            f"{path}: cannot read it ({exc.strerror}); delete that fold's directory and run again"
+        ) from exc
+    except (KeyError, TypeError, ValueError, csv.Error) as exc:
+        raise PneumoError(
+            f"{path}: not a predictions table of classes {list(classes)} ({type(exc).__name__}: {exc}); "
+            "delete that fold's directory and run again"
+        ) from exc

@@ -10,6 +10,7 @@ import numpy as np
 from rich.table import Table
 
 from pneumo.ensemble import mean_probs
+from pneumo.errors import PneumoError
 from pneumo.fsutil import atomic_write_json, atomic_write_text, read_json
 from pneumo.metrics import classification_metrics, mean_std, report_text
 from pneumo.predictions import read_predictions, write_predictions
@@ -32,7 +33,7 @@ def evaluate_split(
     classes: Sequence[str],
     positive: int,
 ) -> dict[str, Any]:
-    """Each fold model's metrics on a split, their mean and std, and the ensemble's metrics."""
+    """Each fold model's metrics on a split, their mean and sample SD (ddof=1), and the ensemble's."""
     fold_metrics = [classification_metrics(labels, p, classes, positive, files) for p in per_fold]
     return {
         "folds": {str(k): m for k, m in zip(folds, fold_metrics)},
@@ -58,11 +59,15 @@ def write_split_predictions(
 
 
 def gather_split(run_dir: Path, folds: Sequence[int], split: str, classes: Sequence[str]):
-    tables = [read_predictions(run_dir / f"fold{k}" / f"predictions_{split}.csv", classes) for k in folds]
+    paths = [run_dir / f"fold{k}" / f"predictions_{split}.csv" for k in folds]
+    tables = [read_predictions(path, classes) for path in paths]
     files = tables[0].files
-    for k, t in zip(folds, tables):
-        if t.files != files:
-            raise RuntimeError(f"fold {k} predicted a different {split} file list")
+    for path, t in zip(paths, tables):
+        if t.files != files or not np.array_equal(t.labels, tables[0].labels):
+            raise PneumoError(
+                f"{path}: its {split} files or labels differ from {paths[0]}'s (a fold of another run or data "
+                "version?); delete that fold's directory and run again to retrain it"
+            )
     return files, tables[0].labels, np.stack([t.probs for t in tables])
 
 
@@ -106,13 +111,21 @@ def build_results(
 
 KEYS = ("accuracy", "roc_auc", "sensitivity", "specificity")
 NAMES = ("acc", "AUC", "sens", "spec")
+SPREAD = "mean ± SD (ddof=1)"  # the row of mean_std summaries: sample standard deviation across folds
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _cell(metrics: dict | None, key: str) -> str:
-    value = (metrics or {}).get(key)
-    if isinstance(value, dict):  # a mean ± std summary
-        return "-" if value.get("mean") is None else f"{value['mean']:.3f} ± {value['std']:.3f}"
-    return "-" if value is None else f"{value:.3f}"
+    """A metric, or a mean ± SD summary; "n/a" where undefined, "" where not measured."""
+    if metrics is None:
+        return ""
+    value = metrics.get(key)
+    if isinstance(value, dict):
+        return "n/a" if value["mean"] is None else f"{value['mean']:.3f} ± {_number(value['std'])}"
+    return _number(value)
 
 
 def metrics_table(title: str, sections: list[str], rows: list[tuple[str, list[dict | None]]]) -> Table:
@@ -128,7 +141,7 @@ def metrics_table(title: str, sections: list[str], rows: list[tuple[str, list[di
 
 
 def summary_table(results: dict, split: str = "test") -> Table:
-    """Per fold, mean ± std, out-of-fold and ensemble rows, for validation and `split`."""
+    """Per fold, mean ± SD, out-of-fold and ensemble rows, for validation and `split`."""
     sections = ["val"] + ([split] if split in results["ensemble"] else [])
     with_split = len(sections) == 2
     rows: list[tuple[str, list[dict | None]]] = []
@@ -136,7 +149,7 @@ def summary_table(results: dict, split: str = "test") -> Table:
         name = f"fold {r['fold']}" if r["status"] == "done" else f"fold {r['fold']} (failed)"
         rows.append((name, [r.get("val"), *([r.get("splits", {}).get(split)] if with_split else [])]))
     cv = results["cross_validation"]
-    rows.append(("mean ± std", [cv["val"], *([cv[split]] if with_split else [])]))
+    rows.append((SPREAD, [cv["val"], *([cv[split]] if with_split else [])]))
     rows.append(("out-of-fold", [results["oof"], *([None] if with_split else [])]))
     if with_split:
         rows.append(("ensemble", [None, results["ensemble"][split]]))

@@ -26,7 +26,7 @@ from pneumo.cache import DecodedImages, norm_stats
 from pneumo.checkpoint import load_state, save_state, save_weights
 from pneumo.engine import Autocast, EpochTotals, Trainable, predict, train_one_epoch
 from pneumo.ensemble import BEST, load_fold_model
-from pneumo.errors import NonFiniteLossError
+from pneumo.errors import NonFiniteLossError, PneumoError
 from pneumo.fsutil import atomic_write_json
 from pneumo.loader import PixelDataset, eval_batches, make_loader, steps_per_epoch, train_batches
 from pneumo.metrics import classification_metrics, epoch_metrics
@@ -179,6 +179,11 @@ def _save(path: Path, fold: int, t: Trainable, p: Progress, aug: torch.Generator
 
 def _restore(path: Path, t: Trainable, aug: torch.Generator, device: torch.device) -> Progress:
     s = load_state(path)
+    if not isinstance(s, dict) or s.get("format") != STATE_FORMAT:
+        raise PneumoError(
+            f"{path}: not a training state of this pneumo version (format {STATE_FORMAT}); "
+            "delete it to train this fold again, or rerun with --overwrite"
+        )
     t.model.load_state_dict(s["model"])
     t.optimizer.load_state_dict(s["optimizer"])
     t.scheduler.load_state_dict(s["scheduler"])
@@ -264,7 +269,9 @@ def train_fold(
             record = {
                 "epoch": p.epoch + 1,
                 "lr": t.optimizer.param_groups[0]["lr"],
-                "optimizer_steps": p.totals.step,
+                "batches": p.totals.step,
+                "optimizer_steps": p.totals.optimizer_steps,
+                "skipped_steps": p.totals.step - p.totals.optimizer_steps,
                 "scheduler_steps": t.scheduler.last_epoch,
                 "train_samples": p.totals.samples,
                 "head_only": head_only,
@@ -310,7 +317,8 @@ def train_fold(
 
 
 def _finish(fold: int, splits: Splits, decoded: DecodedImages, env: FoldEnv, p: Progress, seconds: float) -> dict:
-    """Evaluate the fold's best checkpoint on the evaluation splits; write result.json last."""
+    """Evaluate the fold's best checkpoint on the evaluation splits; write result.json last, then
+    delete the resume state unless --keep-state."""
     out = fold_dir(env.run_dir, fold)
     best = load_fold_model(out / BEST, env.device)
     dataset = PixelDataset(decoded)
@@ -337,4 +345,7 @@ def _finish(fold: int, splits: Splits, decoded: DecodedImages, env: FoldEnv, p: 
         )
     result["seconds"] = round(seconds, 1)
     atomic_write_json(out / RESULT, result)
+    if not env.cfg.keep_state:
+        # A done fold is never resumed (its result.json says so): its resume state is dead weight.
+        (out / STATE).unlink(missing_ok=True)
     return result

@@ -116,9 +116,9 @@ def run_two(tiny_data, cache_dir, tmp_path_factory) -> tuple[Path, subprocess.Co
 
 @pytest.fixture(scope="session")
 def run_one(tiny_data, cache_dir, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    """The same run in one process (all folds in turn)."""
+    """The same run in one process (all folds in turn), keeping each fold's resume state."""
     out = tmp_path_factory.mktemp("runs") / "one"
-    return out, train(tiny_data, out, cache_dir, "--audit-samples", "--saliency-images", "2")
+    return out, train(tiny_data, out, cache_dir, "--audit-samples", "--keep-state", "--saliency-images", "2")
 
 
 def read_jsonl(path: Path) -> list[dict]:

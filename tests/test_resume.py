@@ -64,6 +64,7 @@ def _assert_same_run(run: Path, reference: Path) -> None:
     for k in range(2):
         fold, ref = run / f"fold{k}", reference / f"fold{k}"
         assert (fold / "best.safetensors").read_bytes() == (ref / "best.safetensors").read_bytes()
+        assert not (fold / "state.pt").exists()  # done: its resume state is gone
         assert _strip_timing(read_jsonl(fold / "metrics.jsonl")) == _strip_timing(read_jsonl(ref / "metrics.jsonl"))
     results = json.loads((run / "results.json").read_text())
     assert _strip_timing(results) == _strip_timing(json.loads((reference / "results.json").read_text()))
@@ -171,12 +172,38 @@ def test_a_different_config_is_refused_naming_the_keys(reference, data, cache):
 
 
 FAKE_SRUN = """#!/bin/bash
-# Test double for srun: one task per "node" of SLURM_NNODES, all on this machine.
-while [[ $1 == --* ]]; do shift; done
-pids=()
-for ((node = 0; node < ${SLURM_NNODES:-1}; node++)); do SLURM_NODEID=$node "$@" & pids+=($!); done
-status=0
-for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+# Test double for srun: one task per "node" of SLURM_NNODES, all on this machine, with srun's
+# ending rules: once the first task has ended, the others are killed (SIGTERM) after --wait
+# seconds (default: this fake cluster's WaitTime, 1 s; 0 waits for ever); with
+# --kill-on-bad-exit=1, a task that fails has them killed at once. Unknown options are refused.
+wait_s=1 kill_on_bad_exit=0
+while [[ $1 == --* ]]; do
+  case $1 in
+    --wait=*) wait_s=${1#*=} ;;
+    --kill-on-bad-exit=*) kill_on_bad_exit=${1#*=} ;;
+    *) echo "fake srun: unknown option $1" >&2; exit 64 ;;
+  esac
+  shift
+done
+declare -A running
+for ((node = 0; node < ${SLURM_NNODES:-1}; node++)); do SLURM_NODEID=$node "$@" & running[$!]=1; done
+status=0 deadline=
+while ((${#running[@]})); do
+  for pid in "${!running[@]}"; do
+    kill -0 "$pid" 2>/dev/null && continue
+    wait "$pid"; code=$?
+    unset "running[$pid]"
+    ((code)) && status=$code
+    if ((code && kill_on_bad_exit)); then deadline=$SECONDS; fi
+    if [[ -z $deadline ]] && ((wait_s > 0)); then deadline=$((SECONDS + wait_s)); fi
+  done
+  if [[ -n $deadline ]] && ((SECONDS >= deadline)) && ((${#running[@]})); then
+    echo "fake srun: killing the tasks still running" >&2
+    kill -TERM "${!running[@]}" 2>/dev/null
+    deadline=$((SECONDS + 3600))
+  fi
+  sleep 0.1
+done
 exit $status
 """
 
@@ -198,24 +225,47 @@ def _launchers(root_pid: int) -> list[int]:
     return found
 
 
-def test_slurm_script_on_two_nodes_survives_a_time_limit_signal_and_resumes_exactly(
-    data, cache, reference, tmp_path, fake_slurm
-):
-    env, scontrol_calls = fake_slurm
+def _two_node_cluster(env: dict, scontrol_calls: Path, venv: str) -> dict:
+    """The environment of a 2-node SLURM job on this machine: fake srun and scontrol on PATH."""
     bin_dir = Path(env["PATH"].split(":", 1)[0])
     (bin_dir / "srun").write_text(FAKE_SRUN)
     (bin_dir / "srun").chmod(0o755)
     (bin_dir / "scontrol").write_text(
         f'#!/bin/sh\nif [ "$1" = show ]; then echo 127.0.0.1; echo 127.0.0.2; else echo "$@" >> {scontrol_calls}; fi\n'
     )
-    env = {
+    return {
         **env,
         "SLURM_NNODES": "2",
         "SLURM_JOB_NODELIST": "node[1-2]",
         "PNEUMO_NPROC": "1",
         "SLURM_SUBMIT_DIR": str(ROOT),
-        "PNEUMO_VENV": sys.prefix,
+        "PNEUMO_VENV": venv,
     }
+
+
+def test_slurm_script_lets_the_other_nodes_finish_when_one_node_is_done_early(tmp_path, fake_slurm):
+    # Each node's task stands in for its `accelerate launch`: node 1's folds are done at once,
+    # node 0 trains for 3 s more (longer than the cluster's WaitTime) and then writes its result.
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "activate").write_text(f'export PATH="{venv / "bin"}:$PATH"\n')
+    done = tmp_path / "node0-done"
+    (venv / "bin" / "python").write_text(f'#!/bin/sh\n[ "$SLURM_NODEID" = 0 ] && sleep 3 && touch {done}\nexit 0\n')
+    (venv / "bin" / "python").chmod(0o755)
+    env = _two_node_cluster(*fake_slurm, str(venv))
+    job = subprocess.run(
+        ["bash", "slurm/train.sbatch"], cwd=ROOT, env=cli_env(env), capture_output=True, text=True, timeout=60
+    )
+    assert job.returncode == 0, job.stderr
+    assert "killing" not in job.stderr
+    assert done.exists()
+
+
+def test_slurm_script_on_two_nodes_survives_a_time_limit_signal_and_resumes_exactly(
+    data, cache, reference, tmp_path, fake_slurm
+):
+    env, scontrol_calls = fake_slurm
+    env = _two_node_cluster(env, scontrol_calls, sys.prefix)
     out = tmp_path / "slurm-run"
     cmd = ["bash", "slurm/train.sbatch", *train_args(data, out, cache, *RESUME_ARGS)[1:]]
     job = subprocess.Popen(cmd, cwd=ROOT, env=cli_env(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

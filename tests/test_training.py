@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import TRAIN_ARGS, read_jsonl, run_cli
 
+from pneumo.checkpoint import load_state
 from pneumo.metrics import classification_metrics
 from pneumo.predictions import read_predictions
 
@@ -46,7 +47,7 @@ def test_fold_data_is_not_sharded_and_scheduler_steps_once_per_optimizer_step(ru
         records = read_jsonl(out / f"fold{k}" / "metrics.jsonl")
         for epoch, r in enumerate(records, start=1):
             assert r["train_samples"] == steps * 8
-            assert r["optimizer_steps"] == steps
+            assert r["batches"] == r["optimizer_steps"] == steps and r["skipped_steps"] == 0
             assert r["scheduler_steps"] == epoch * steps
             # Cosine from 1e-3 to 1e-4 over 2 epochs of steps: halfway after epoch 1, eta_min at the end.
             expected = 1e-4 + (1e-3 - 1e-4) * (1 + math.cos(math.pi * epoch / 2)) / 2
@@ -78,10 +79,17 @@ def test_run_directory_holds_the_promised_outputs(run_two):
     ):
         assert (out / name).is_file(), name
     for k in range(N_FOLDS):
-        for name in ("best.safetensors", "state.pt", "metrics.jsonl", "val_predictions.csv", "result.json"):
+        for name in ("best.safetensors", "metrics.jsonl", "val_predictions.csv", "result.json"):
             assert (out / f"fold{k}" / name).is_file(), (k, name)
         assert any((out / f"fold{k}" / "tensorboard").iterdir())
     assert "ensemble" in proc.stdout and "out-of-fold" in proc.stdout
+
+
+def test_a_done_fold_keeps_no_resume_state_unless_asked(run_two, run_one):
+    two, one = run_two[0], run_one[0]  # run_one passed --keep-state
+    for k in range(N_FOLDS):
+        assert not (two / f"fold{k}" / "state.pt").exists()
+        assert load_state(one / f"fold{k}" / "state.pt")["epoch"] == 2
 
 
 def test_ensemble_metrics_recomputed_from_saved_probabilities_match_results(run_two):
@@ -126,7 +134,7 @@ def test_results_report_per_fold_aggregate_and_ensemble_metrics(run_two):
     assert sum(map(sum, test["confusion_matrix"]["matrix"])) == test["n"] == 12
     accs = [f["splits"]["test"]["accuracy"] for f in results["folds"]]
     assert results["cross_validation"]["test"]["accuracy"]["mean"] == pytest.approx(np.mean(accs))
-    assert results["cross_validation"]["test"]["accuracy"]["std"] == pytest.approx(np.std(accs))
+    assert results["cross_validation"]["test"]["accuracy"]["std"] == pytest.approx(np.std(accs, ddof=1))
 
 
 def test_without_data_dir_trains_on_the_builtin_synthetic_set_and_says_so(tmp_path):

@@ -1,0 +1,117 @@
+"""`pneumo-evaluate` / `evaluate.py`: evaluate a trained run's fold ensemble again, or predict new images.
+
+pneumo-evaluate runs/NAME                        # test split of the run's data dir
+pneumo-evaluate runs/NAME --data-dir PATH/chest_xray --split test
+pneumo-evaluate runs/NAME --images a.jpeg b.png some_dir/ --out preds.csv
+pneumo-evaluate --compare runs/A runs/B --out runs/comparison  # runs/comparison.md and .csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pneumo import console
+from pneumo.bootstrap import RESAMPLES
+from pneumo.clinical import SALIENCY_IMAGES
+from pneumo.config import HelpFormatter
+from pneumo.errors import PneumoError
+from pneumo.evaluation import evaluate_run, predict_images, split_tables
+from pneumo.flags import ArgumentParser, integer, threshold_policy
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The evaluate flags; every flag documented, every value checked by its type or choices."""
+    p = ArgumentParser(
+        description="Evaluate a trained run's fold ensemble again, or predict new images with it.",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("run_dir", type=str, nargs="?", default=None, help="a run directory written by train.py")
+    p.add_argument("--data-dir", type=str, default=None, help="dataset root (default: the one the run trained on)")
+    p.add_argument("--split", type=str, default="test", help="split folder to evaluate")
+    p.add_argument("--images", nargs="+", default=None, help="image files or folders to predict instead of a split")
+    p.add_argument(
+        "--out",
+        type=str,
+        default=None,
+        help="CSV for --images (default RUN_DIR/image_predictions.csv); with --compare, the stem of the "
+        ".md and .csv tables (default ./comparison)",
+    )
+    p.add_argument("--compare", nargs="+", default=None, metavar="RUN", help="compare these finished runs in one table")
+    p.add_argument(
+        "--threshold-policy",
+        type=threshold_policy,
+        default=None,
+        help="operating point to choose on the run's out-of-fold predictions (youden, balanced, sensitivity:X, "
+        "specificity:X, fixed:X; default: the run's own)",
+    )
+    p.add_argument(
+        "--bootstrap-resamples",
+        type=integer(1000, note=" for 95%% intervals"),
+        default=RESAMPLES,
+        help="patient-bootstrap resamples for the 95%% CIs",
+    )
+    p.add_argument(
+        "--saliency-images",
+        type=integer(0, note=" (0 = none)"),
+        default=SALIENCY_IMAGES,
+        help="Grad-CAM figures of up to N misclassified and N random images of the split (0: none)",
+    )
+    p.add_argument("--batch-size", type=integer(1), default=64, help="inference batch size")
+    p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default=None, help="default: as trained")
+    p.add_argument(
+        "--threads",
+        type=integer(0, note=" (0 = automatic)"),
+        default=0,
+        help="CPU threads (0: all of this process's CPUs)",
+    )
+    p.add_argument("--cache-dir", type=str, default=None, help="decode cache location (default as train.py)")
+    p.add_argument("--no-cache", action="store_true", help="decode images directly, without the cache")
+    p.add_argument(
+        "--workers", type=integer(-1, note=" (-1 = automatic)"), default=-1, help="decode processes (-1: all CPUs)"
+    )
+    p.add_argument(
+        "--on-bad-image", choices=("error", "skip"), default="error", help="unreadable images: stop, or skip"
+    )
+    return p
+
+
+def check_together(args: argparse.Namespace) -> None:
+    """Refuse flags that are fine alone but not together, before loading models or data."""
+    if bool(args.run_dir) == bool(args.compare):
+        raise PneumoError("give one run directory, or --compare RUN [RUN ...] (not both)")
+    if args.out and not (args.images or args.compare):
+        raise PneumoError(
+            "--out is for --images predictions or --compare tables; a split's results go to RUN_DIR/evaluation/SPLIT/"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the evaluation CLI; returns the exit status (2: bad input)."""
+    try:
+        args = build_parser().parse_args(argv)
+        check_together(args)
+        if args.compare:
+            from pneumo.compare import compare_runs
+
+            runs = [Path(d).expanduser().resolve() for d in args.compare]
+            table, written = compare_runs(runs, Path(args.out or "comparison"), args.split)
+            console.console.print(table)
+            console.log(f"comparison: {', '.join(str(p) for p in written)}")
+            return 0
+        run_dir = Path(args.run_dir).expanduser().resolve()
+        if args.images:
+            predict_images(run_dir, args)
+        else:
+            section = evaluate_run(run_dir, args)
+            for table in split_tables(run_dir.name, section):
+                console.console.print(table)
+    except PneumoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""`pneumo-train` / `train.py`: train one model per fold (folds in parallel) and evaluate the ensemble."""
+
+from __future__ import annotations
+
+import sys
+
+from pneumo.config import parse_args
+from pneumo.errors import PneumoError
+from pneumo.preempt import StopFlag, requeue_if_asked
+from pneumo.runner import EXIT_STOPPED, run_training
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the training CLI; returns the exit status (2: bad input, 75: stopped with state saved)."""
+    try:
+        args = parse_args(argv)
+        stop = StopFlag().install()
+        status = run_training(args, stop)
+    except PneumoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if status == EXIT_STOPPED:
+        requeue_if_asked(stop)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

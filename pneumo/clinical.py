@@ -211,6 +211,8 @@ def ci_text(m: dict | None) -> str:
     """'0.912 (0.890-0.931)' for a {value, low, high} record."""
     if not m or m.get("value") is None:
         return "-"
+    if m.get("low") is None or m.get("high") is None:
+        return f"{m['value']:.3f} (no CI)"
     return f"{m['value']:.3f} ({m['low']:.3f}–{m['high']:.3f})"
 
 

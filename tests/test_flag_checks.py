@@ -46,6 +46,32 @@ TRAIN_BAD_VALUES = [
     ("--mixed-precision", "fp8"),
     ("--threads", "-1"),
     ("--threads", "1.5"),
+    ("--equalize", "sharpen"),
+    ("--crop", "0.1"),
+    ("--jpeg-quality", "101"),
+    ("--train-folds", "-1"),
+    ("--backbone-lr-scale", "0"),
+    ("--warmup-epochs", "-1"),
+    ("--label-smoothing", "1"),
+    ("--mixup", "-0.1"),
+    ("--cutmix", "-1"),
+    ("--ema-decay", "1"),
+    ("--aug-rotate", "200"),
+    ("--aug-flip", "1.5"),
+    ("--aug-scale", "0"),
+    ("--aug-aspect", "0.5"),
+    ("--aug-translate", "0.5"),
+    ("--aug-gamma", "-0.2"),
+    ("--aug-contrast", "1"),
+    ("--aug-brightness", "-0.1"),
+    ("--aug-blur-p", "2"),
+    ("--aug-blur-sigma", "11"),
+    ("--aug-noise-p", "-1"),
+    ("--aug-noise-std", "1"),
+    ("--aug-erase-p", "1.1"),
+    ("--tta", "mirror"),
+    ("--threshold-policy", "sensitivity:1.5"),
+    ("--saliency-images", "-1"),
 ]
 # Flags whose value is any path or name: nothing to refuse in the value itself (a missing data
 # dir or an unwritable output dir is refused when it is used, naming the flag).
@@ -64,8 +90,11 @@ EVALUATE_BAD_VALUES = [
     ("--workers", "-2"),
     ("--mixed-precision", "fp8"),
     ("--on-bad-image", "ignore"),
+    ("--threshold-policy", "youden:0.5"),
+    ("--bootstrap-resamples", "100"),
+    ("--saliency-images", "-2"),
 ]
-EVALUATE_FREE_TEXT = {"run_dir", "data_dir", "split", "images", "out", "cache_dir"}
+EVALUATE_FREE_TEXT = {"run_dir", "data_dir", "split", "images", "out", "cache_dir", "compare"}
 
 
 def _error_line(main, argv: list[str], capsys) -> str:
@@ -127,7 +156,8 @@ def test_a_config_value_of_the_wrong_kind_is_refused_naming_file_and_key(paths, 
 
 @pytest.mark.parametrize("flag", TRAIN_ON_OFF)
 def test_an_on_off_flag_takes_no_value(paths, capsys, flag):
-    assert _train_error([f"{flag}=yes"], paths, capsys) == f"error: {flag}: ignored explicit argument 'yes'"
+    line = _train_error([f"{flag}=yes"], paths, capsys)
+    assert line.startswith(f"error: {flag}") and line.endswith(": ignored explicit argument 'yes'")
 
 
 @pytest.mark.parametrize("dest", sorted(TRAIN_FREE_TEXT))
@@ -149,6 +179,9 @@ def test_every_train_flag_has_a_bad_value_case():
         ("lr: 0.001\nmin-lr: 0.01", "min-lr: must be at most --lr (0.001), got 0.01"),
         ("epochs: 2\nfreeze_epochs: 3", "freeze_epochs: must be at most --epochs (2), got 3"),
         ("resume: true\noverwrite: true", "overwrite: contradicts --resume; pick one"),
+        ("epochs: 2\nwarmup-epochs: 2", "warmup-epochs: must be less than --epochs (2), got 2"),
+        ("folds: 3\ntrain-folds: [0, 3]", "train-folds: each must be a fold of --folds 3 (0..2), got [0, 3]"),
+        ("aug-scale: [1.2, 0.9]", "aug-scale: needs MIN <= MAX, got [1.2, 0.9]"),
     ],
 )
 def test_flags_that_contradict_in_a_config_file_name_the_file_and_key(paths, capsys, yaml_text, message):

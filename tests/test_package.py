@@ -30,6 +30,10 @@ IMPORTED_AS = {
     "pyyaml": "yaml",
     "pillow": "PIL",
     "numpy": "numpy",
+    "matplotlib": "matplotlib",
+    "scipy": "scipy",
+    "kornia": "kornia",
+    "captum": "captum",
 }
 PINNED_ONLY = {"torchvision"}
 SCRIPTS = {"pneumo-train": "pneumo.train_cli:main", "pneumo-evaluate": "pneumo.evaluate_cli:main"}

@@ -14,11 +14,13 @@ from pneumo.dataset import Layout, check_folds, label_conflicts, scan
 from pneumo.distributed import available_cpus, folds_for_process, make_accelerator, set_threads, wait_for
 from pneumo.errors import NonFiniteLossError, PneumoError
 from pneumo.fsutil import atomic_write_json, check_writable, read_json
+from pneumo.overlap import check_overlap
 from pneumo.report import SUMMARY, build_results, read_fold_results, summary_table
 from pneumo.splits import build_splits
 from pneumo.trainer import RESULT, STATE, FoldEnv, fold_dir, train_fold
 
 SKIPPED = "skipped_images.json"
+OVERLAP = "overlap.json"
 EXIT_OK = 0
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped on request with state saved; run again to resume
 
@@ -102,6 +104,10 @@ def run_training(args: Namespace, should_stop=lambda: False) -> int:
     decoded = decode_images(layout, args, args.workers if args.workers >= 0 else available_cpus())
     bad = unusable_images(layout, decoded, args.on_bad_image)
     splits = build_splits(layout, decoded, args)
+    quiet = lambda message: None
+    overlap = check_overlap(
+        decoded, splits, args.on_overlap, console.log if is_main else quiet, console.warn if is_main else quiet
+    )
     fingerprint = rundir.data_fingerprint(decoded.files, decoded.sha1)
     if mode == "resume":
         rundir.check_same_data(run_dir, fingerprint)
@@ -111,6 +117,7 @@ def run_training(args: Namespace, should_stop=lambda: False) -> int:
         rundir.initialise(run_dir, mode, config, splits.folds_json(seed=args.seed, grouping=grouping), info)
         if bad:
             atomic_write_json(run_dir / SKIPPED, bad)
+        atomic_write_json(run_dir / OVERLAP, overlap)
     accelerator.wait_for_everyone()
 
     env = FoldEnv(
@@ -157,6 +164,7 @@ def run_training(args: Namespace, should_stop=lambda: False) -> int:
         "processes": world,
         "mixed_precision": accelerator.mixed_precision,
         "wall_seconds": round(time.monotonic() - started, 1),
+        "overlap": overlap,
     }
     results = build_results(run_dir, fold_results, splits.classes, splits.positive, header)
     table = summary_table(results)

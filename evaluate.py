@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Evaluate a trained run's fold ensemble again, or predict new images with it.
 
-python evaluate.py runs/NAME                        # test split of the run's data dir
-python evaluate.py runs/NAME --data-dir PATH/chest_xray --split test
+python evaluate.py runs/NAME                                   # test split of the run's data dir
+python evaluate.py runs/NAME --data-dir EXTERNAL --split test  # EXTERNAL/test/{NORMAL,PNEUMONIA} only
+python evaluate.py runs/NAME --split val --allow-pool-split    # a pool split: refused without the flag
 python evaluate.py runs/NAME --images a.jpeg b.png some_dir/ --out preds.csv
 """
 
@@ -23,7 +24,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     p.add_argument("run_dir", type=str, help="a run directory written by train.py")
     p.add_argument("--data-dir", type=str, default=None, help="dataset root (default: the one the run trained on)")
-    p.add_argument("--split", type=str, default="test", help="split folder to evaluate")
+    p.add_argument(
+        "--split",
+        type=str,
+        default="test",
+        help="split folder to evaluate (only DATA_DIR/SPLIT is read; it may be the only folder there)",
+    )
+    p.add_argument(
+        "--allow-pool-split",
+        action="store_true",
+        help="evaluate a split of the run's own cross-validation pool anyway (labelled in-pool: optimistic)",
+    )
     p.add_argument("--images", nargs="+", default=None, help="image files or folders to predict instead of a split")
     p.add_argument("--out", type=str, default=None, help="CSV for --images (default RUN_DIR/image_predictions.csv)")
     p.add_argument("--batch-size", type=int, default=64, help="inference batch size")
@@ -59,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             section = evaluate_run(run_dir, args)
             rows = [(f"fold {k}", [m]) for k, m in section["folds"].items()]
             rows += [("mean ± std", [section["fold_mean_std"]]), ("ensemble", [section["ensemble"]])]
-            console.console.print(metrics_table(f"{run_dir.name} on {args.split}", [args.split], rows))
+            label = f" ({section['label']})" if section["in_pool"] else ""
+            console.console.print(metrics_table(f"{run_dir.name} on {args.split}{label}", [args.split], rows))
     except PneumoError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

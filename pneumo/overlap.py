@@ -119,6 +119,21 @@ def _listing(pairs: list[dict], show: int) -> str:
     return ", ".join(shown) + (f" and {len(pairs) - show} more" if len(pairs) > show else "")
 
 
+def _drop(splits: Splits, copies: list[dict]) -> dict[str, list[str]]:
+    """Remove the evaluation files of `copies` from `splits.evals` (and a split left empty); returns them."""
+    dropped = {}
+    for split in list(splits.evals):
+        gone = {p["file"] for p in copies if p["split"] == split}
+        if gone:
+            kept = np.asarray([i for i in splits.evals[split] if splits.files[i] not in gone], dtype=np.int64)
+            dropped[split] = sorted(gone)
+            if len(kept):
+                splits.evals[split] = kept
+            else:
+                del splits.evals[split]
+    return dropped
+
+
 def check_overlap(
     decoded: DecodedImages,
     splits: Splits,
@@ -130,8 +145,8 @@ def check_overlap(
 
     'warn' reports them; 'error' raises PneumoError naming every one; 'drop' removes them from
     `splits.evals` (a split left empty is not evaluated). Same-patient pairs are reported
-    but never acted on (file-name patient ids may be numbered per split). Returns the record
-    written to overlap.json and results.json.
+    but never acted on: a file-name id found in two splits need not be one child (README).
+    Returns the record written to overlap.json and results.json.
     """
     started = time.monotonic()
     pairs = find_overlap(decoded, splits)
@@ -179,16 +194,7 @@ def check_overlap(
                 f"the evaluation split (or the pool), or pass --on-overlap warn|drop:\n{lines}"
             )
         if policy == "drop":
-            for split in list(splits.evals):
-                gone = {p["file"] for p in copies if p["split"] == split}
-                if gone:
-                    idx = splits.evals[split]
-                    kept = np.asarray([i for i in idx if splits.files[i] not in gone], dtype=np.int64)
-                    record["dropped"][split] = sorted(gone)
-                    if len(kept):
-                        splits.evals[split] = kept
-                    else:
-                        del splits.evals[split]
+            record["dropped"] = _drop(splits, copies)
             left = {s: len(v) for s, v in splits.evals.items()}
             warn(f"{what}; dropped from evaluation (--on-overlap drop), evaluating {left}")
         else:

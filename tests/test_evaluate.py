@@ -85,7 +85,7 @@ def test_bad_files_outside_the_evaluated_split_do_not_block_it(run_two, tiny_dat
     assert "broken.jpeg" not in proc.stdout + proc.stderr
     section = json.loads((out / "evaluation" / "test" / "results.json").read_text())
     assert section["data_dir"] == str(external.resolve())
-    assert np.sum(section["ensemble"]["confusion_matrix"]) == sum(TINY_COUNTS["test"])
+    assert np.sum(section["ensemble"]["confusion_matrix"]["matrix"]) == sum(TINY_COUNTS["test"])
 
 
 @pytest.mark.parametrize("split", ["train", "val"])

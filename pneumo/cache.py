@@ -52,6 +52,21 @@ class DecodedImages:
     def bad_files(self) -> dict[str, str]:
         return {self.files[i]: why for i, why in sorted(self.errors.items())}
 
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        """The (len(indices), size, size) uint8 pixels of `indices`: from the cache, else decoded now."""
+        if self.pixels is not None:
+            return self.pixels[indices]
+        out = np.zeros((len(indices), self.size, self.size), np.uint8)
+        for row, i in enumerate(indices):
+            out[row] = self._decode(i)
+        return out
+
+    def _decode(self, i: int) -> np.ndarray:
+        arr, _, err = decode_file(self.root / self.files[i], self.size, self.preprocess)
+        if arr is None:
+            raise PneumoError(f"{self.root / self.files[i]}: became unreadable during the run ({err})")
+        return arr
+
 
 def cache_key(root: Path, files: Sequence[str], size: int, pre: images.Preprocess = images.Preprocess()) -> str:
     """Hash of what determines the cached pixels: the file list with sizes, mtimes and modes, size, equalisation.

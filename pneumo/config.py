@@ -128,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="error",
         help="unreadable images: stop and list them, or skip them and record the list in the run",
     )
+    g.add_argument(
+        "--on-overlap",
+        choices=("warn", "error", "drop"),
+        default="warn",
+        help="evaluation images that copy a pool image (same bytes or near-identical pixels): "
+        "warn, stop before training, or drop them from evaluation; listed in overlap.json either way",
+    )
 
     g = p.add_argument_group("folds")
     g.add_argument("--folds", type=integer(2), default=5, help="number of cross-validation folds (one model each)")

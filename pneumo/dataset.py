@@ -133,7 +133,12 @@ def _files_under(folder: Path, seen: frozenset[tuple[int, int]] = frozenset()) -
 
 
 def _scan_split(
-    root: Path, split: str, classes: tuple[str, ...], not_images: dict[str, str], ignored: dict[str, str]
+    root: Path,
+    split: str,
+    classes: tuple[str, ...],
+    not_images: dict[str, str],
+    ignored: dict[str, str],
+    classes_from: str = "as in train/",
 ) -> ImageSet:
     split_dir = root / split
     found = set(_class_dirs(split_dir, ignored, root))
@@ -141,7 +146,7 @@ def _scan_split(
     extra = sorted(found - set(classes))
     if missing or extra:
         raise PneumoError(
-            f"{split_dir}: expected class folders {list(classes)} (as in train/), "
+            f"{split_dir}: expected class folders {list(classes)} ({classes_from}), "
             f"missing {missing or 'none'}, unexpected {extra or 'none'}"
         )
     files: list[str] = []
@@ -195,6 +200,23 @@ def scan(root: str | Path) -> Layout:
     if empty:
         raise PneumoError(f"{root / 'train'}: class folder(s) {empty} hold no .jpeg/.jpg/.png images")
     return Layout(root, classes, splits, not_images, ignored)
+
+
+def scan_split(root: str | Path, split: str, classes: tuple[str, ...]) -> Layout:
+    """Scan `ROOT/split` alone, whose class folders must be `classes` (a trained run's).
+
+    Nothing else under ROOT is read: an external set may hold only this split, and problems
+    in other splits do not concern it.
+    """
+    root = Path(root).expanduser()
+    if not (root / split).is_dir():
+        has = sorted(p.name for p in root.iterdir() if p.is_dir() and not _is_junk(p.name)) if root.is_dir() else []
+        where = f"has {has}" if root.is_dir() else "does not exist"
+        raise PneumoError(f"--split {split}: no folder {root / split} ({root} {where}); expected ROOT/{split}/CLASS/")
+    not_images: dict[str, str] = {}
+    ignored: dict[str, str] = {}
+    images = _scan_split(root, split, classes, not_images, ignored, "the run's classes")
+    return Layout(root, classes, {split: images}, not_images, ignored)
 
 
 def check_folds(layout: Layout, n_folds: int, *, keep_val_apart: bool, by_patient: bool) -> None:

@@ -1,7 +1,8 @@
 """`pneumo-evaluate` / `evaluate.py`: evaluate a trained run's fold ensemble again, or predict new images.
 
 pneumo-evaluate runs/NAME                        # test split of the run's data dir
-pneumo-evaluate runs/NAME --data-dir PATH/chest_xray --split test
+pneumo-evaluate runs/NAME --data-dir EXTERNAL --split test  # EXTERNAL/test/{NORMAL,PNEUMONIA} only
+pneumo-evaluate runs/NAME --split val --allow-pool-split    # a pool split: refused without the flag
 pneumo-evaluate runs/NAME --images a.jpeg b.png some_dir/ --out preds.csv
 pneumo-evaluate --compare runs/A runs/B --out runs/comparison  # runs/comparison.md and .csv
 """
@@ -29,7 +30,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("run_dir", type=str, nargs="?", default=None, help="a run directory written by train.py")
     p.add_argument("--data-dir", type=str, default=None, help="dataset root (default: the one the run trained on)")
-    p.add_argument("--split", type=str, default="test", help="split folder to evaluate")
+    p.add_argument(
+        "--split",
+        type=str,
+        default="test",
+        help="split folder to evaluate (only DATA_DIR/SPLIT is read; it may be the only folder there)",
+    )
+    p.add_argument(
+        "--allow-pool-split",
+        action="store_true",
+        help="evaluate a split of the run's own cross-validation pool anyway (labelled in-pool: optimistic)",
+    )
     p.add_argument("--images", nargs="+", default=None, help="image files or folders to predict instead of a split")
     p.add_argument(
         "--out",

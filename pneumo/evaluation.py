@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from argparse import Namespace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
@@ -14,7 +15,7 @@ from pneumo import console
 from pneumo.cache import decode_file
 from pneumo.clinical import SplitPredictions, clinical_section, clinical_tables
 from pneumo.config import folds_to_train
-from pneumo.dataset import expand_image_paths, scan
+from pneumo.dataset import expand_image_paths, scan_split
 from pneumo.distributed import available_cpus, make_accelerator, set_threads
 from pneumo.engine import predict
 from pneumo.ensemble import BEST, FoldModel, load_fold_model, mean_probs
@@ -25,9 +26,11 @@ from pneumo.loader import PixelDataset, eval_batches, make_loader
 from pneumo.metrics import report_text
 from pneumo.predictions import write_predictions
 from pneumo.report import SPREAD, SUMMARY, evaluate_split, metrics_table, write_split_predictions
-from pneumo.rundir import CONFIG, read_config
+from pneumo.rundir import CONFIG, FOLDS, read_config
 from pneumo.runner import decode_images, unusable_images
 from pneumo.trainer import RESULT, fold_dir
+
+IN_POOL = "in-pool: optimistic"
 
 
 def _done_folds(run_dir: Path, folds: list[int]) -> list[int]:
@@ -51,22 +54,55 @@ def _load_models(run_dir: Path, config: dict, device: torch.device) -> list[Fold
     return [load_fold_model(fold_dir(run_dir, k) / BEST, device, expect_model=config["model"]) for k in folds]
 
 
+def pool_splits(run_dir: Path) -> set[str]:
+    """The splits of the run's data dir whose images formed its cross-validation pool."""
+    return {PurePosixPath(f).parts[0] for f in read_json(run_dir / FOLDS)["files"]}
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def check_not_in_pool(run_dir: Path, config: dict, data_dir: Path, split: str, allow: bool) -> bool:
+    """Whether `split` of `data_dir` was in the run's pool (then metrics on it are optimistic).
+
+    Refused unless `allow`: every fold model but one trained on each of its images, and the
+    epochs were chosen on them.
+    """
+    if not (_same_dir(data_dir, Path(config["data_dir"])) and split in pool_splits(run_dir)):
+        return False
+    if not allow:
+        raise PneumoError(
+            f"--split {split}: {data_dir / split} was part of this run's cross-validation pool (see "
+            f"{run_dir / FOLDS}): every fold model but one trained on its images and each picked its epoch "
+            "on them, so its metrics would be optimistic. Evaluate test/ or an external set, or pass "
+            "--allow-pool-split to evaluate it anyway (labelled in-pool)"
+        )
+    console.warn(f"{split} was in the cross-validation pool: {IN_POOL} (--allow-pool-split)")
+    return True
+
+
 def evaluate_run(run_dir: Path, args: Namespace) -> dict:
-    """Each fold model and the ensemble on `args.split`; written to run_dir/evaluation/<split>/."""
+    """Each fold model and the ensemble on `args.split`; written to run_dir/evaluation/<split>/.
+
+    Only DATA_DIR/<split> is scanned and decoded. A split of the run's own pool is refused
+    unless `args.allow_pool_split`, and then labelled in-pool.
+    """
     config = _run_config(run_dir)
+    data_dir = Path(args.data_dir or config["data_dir"]).expanduser().resolve()
+    in_pool = check_not_in_pool(run_dir, config, data_dir, args.split, args.allow_pool_split)
     accelerator = make_accelerator(args.mixed_precision or config["mixed_precision"])
     set_threads(args.threads)
     models = _load_models(run_dir, config, accelerator.device)
-    layout = scan(args.data_dir or config["data_dir"])
+    layout = scan_split(data_dir, args.split, tuple(models[0].meta["classes"]))
     if layout.ignored_note():
         console.log(layout.ignored_note())
-    if args.split not in layout.splits or not len(layout.splits[args.split]):
-        raise PneumoError(
-            f"--split {args.split}: no such split with images in {layout.root} (has {sorted(layout.splits)})"
-        )
-    classes, positive = layout.classes, layout.positive_index
-    if list(classes) != models[0].meta["classes"]:
-        raise PneumoError(f"{layout.root}: classes {list(classes)} differ from the run's {models[0].meta['classes']}")
+    if not len(layout.splits[args.split]):
+        raise PneumoError(f"--split {args.split}: {data_dir / args.split} holds no .jpeg/.jpg/.png images")
+    classes, positive = layout.classes, int(models[0].meta["positive"])
     args.image_size = int(models[0].meta["image_size"])
     pre = Preprocess.from_dict(models[0].meta)
     args.equalize, args.jpeg_quality, args.crop = pre.equalize, pre.jpeg_quality, pre.crop
@@ -83,6 +119,8 @@ def evaluate_run(run_dir: Path, args: Namespace) -> dict:
     section = {
         "split": args.split,
         "data_dir": str(layout.root),
+        "in_pool": in_pool,
+        **({"label": IN_POOL} if in_pool else {}),
         **evaluate_split(files, labels, per_fold, folds, classes, positive),
     }
     out = run_dir / "evaluation" / args.split
@@ -112,8 +150,9 @@ def split_tables(name: str, section: dict) -> list[Table]:
     """Per fold, mean ± std and ensemble on the split at 0.5; then the clinical tables."""
     rows = [(f"fold {k}", [m]) for k, m in section["folds"].items()]
     rows += [(SPREAD, [section["fold_mean_std"]]), ("ensemble", [section["ensemble"]])]
+    label = f" ({section['label']})" if section.get("in_pool") else ""
     return [
-        metrics_table(f"{name} on {section['split']}", [section["split"]], rows),
+        metrics_table(f"{name} on {section['split']}{label}", [section["split"]], rows),
         *clinical_tables(section["clinical"]),
     ]
 

@@ -6,8 +6,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from pneumo.cache import DecodedImages, decode_file
-from pneumo.errors import PneumoError
+from pneumo.cache import DecodedImages
 
 
 class PixelDataset(Dataset):
@@ -21,20 +20,10 @@ class PixelDataset(Dataset):
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         idx = np.asarray(indices, dtype=np.int64)
-        if self.decoded.pixels is not None:
-            arr = self.decoded.pixels[idx]
-        else:
-            arr = np.stack([self._decode(i) for i in idx])
-        return torch.from_numpy(arr).unsqueeze(1), torch.from_numpy(idx)
+        return torch.from_numpy(self.decoded.read(idx)).unsqueeze(1), torch.from_numpy(idx)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.__getitems__([index])
-
-    def _decode(self, i: int) -> np.ndarray:
-        arr, _, err = decode_file(self.decoded.root / self.decoded.files[i], self.decoded.size, self.decoded.preprocess)
-        if arr is None:
-            raise PneumoError(f"{self.decoded.root / self.decoded.files[i]}: became unreadable during the run ({err})")
-        return arr
 
 
 def _keep_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

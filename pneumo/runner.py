@@ -19,12 +19,14 @@ from pneumo.distributed import available_cpus, folds_for_process, make_accelerat
 from pneumo.errors import NonFiniteLossError, PneumoError
 from pneumo.fsutil import atomic_write_json, check_writable, read_json
 from pneumo.images import Preprocess
+from pneumo.overlap import check_overlap
 from pneumo.report import SUMMARY, build_results, read_fold_results, summary_table
 from pneumo.splits import build_splits
 from pneumo.trainer import RESULT, STATE, FoldEnv, fold_dir, train_fold
 
 SKIPPED = "skipped_images.json"
 AUDIT = "audit.json"
+OVERLAP = "overlap.json"
 EXIT_OK = 0
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped on request with state saved; run again to resume
 
@@ -119,6 +121,10 @@ def run_training(args: Namespace, should_stop=lambda: False) -> int:
             console.warn(f"data audit: {line}")
     if args.audit:
         return EXIT_OK
+    quiet = lambda message: None
+    overlap = check_overlap(
+        decoded, splits, args.on_overlap, console.log if is_main else quiet, console.warn if is_main else quiet
+    )
     fingerprint = rundir.data_fingerprint(decoded.files, decoded.sha1)
     if mode == "resume":
         rundir.check_same_data(run_dir, fingerprint)
@@ -129,6 +135,7 @@ def run_training(args: Namespace, should_stop=lambda: False) -> int:
         if bad:
             atomic_write_json(run_dir / SKIPPED, bad)
         atomic_write_json(run_dir / AUDIT, report)
+        atomic_write_json(run_dir / OVERLAP, overlap)
     accelerator.wait_for_everyone()
 
     env = FoldEnv(
@@ -176,6 +183,7 @@ def run_training(args: Namespace, should_stop=lambda: False) -> int:
         "processes": world,
         "mixed_precision": accelerator.mixed_precision,
         "wall_seconds": round(time.monotonic() - started, 1),
+        "overlap": overlap,
     }
     results = build_results(run_dir, fold_results, splits.classes, splits.positive, header)
     results = add_clinical(run_dir, results, config, decoded, accelerator.device)

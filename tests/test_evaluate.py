@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import TINY_COUNTS, run_cli
 from PIL import Image
+
+from pneumo.errors import PneumoError
+from pneumo.evaluation import check_not_in_pool
 
 
 def test_evaluate_reproduces_results_from_checkpoints(run_two, cache_dir):
@@ -52,3 +57,72 @@ def test_evaluate_refuses_unreadable_images_writing_nothing(run_two, tmp_path):
     assert proc.returncode == 2
     assert "bad.jpeg" in proc.stderr and "Traceback" not in proc.stderr
     assert not csv_path.exists()
+
+
+def _evaluate(out, cache_dir, *extra: str, check: bool = True):
+    return run_cli(["evaluate.py", str(out), "--cache-dir", str(cache_dir), "--threads", "1", *extra], check=check)
+
+
+def test_evaluate_external_set_holding_only_the_split(run_two, tiny_data, cache_dir, tmp_path):
+    out, _ = run_two
+    external = tmp_path / "external"
+    shutil.copytree(tiny_data / "test", external / "test")
+    _evaluate(out, cache_dir, "--data-dir", str(external), "--split", "test")
+    section = json.loads((out / "evaluation" / "test" / "results.json").read_text())
+    trained = json.loads((out / "results.json").read_text())["ensemble"]["test"]
+    assert section["data_dir"] == str(external.resolve()) and section["in_pool"] is False
+    assert section["ensemble"]["confusion_matrix"] == trained["confusion_matrix"]
+
+
+def test_bad_files_outside_the_evaluated_split_do_not_block_it(run_two, tiny_data, cache_dir, tmp_path):
+    out, _ = run_two
+    external = tmp_path / "external"
+    shutil.copytree(tiny_data / "test", external / "test")
+    (external / "train" / "NORMAL").mkdir(parents=True)  # one class folder only: a full scan refuses it
+    (external / "train" / "NORMAL" / "broken.jpeg").write_bytes(b"not an image")
+    (external / "val" / "SOMETHING_ELSE").mkdir(parents=True)
+    proc = _evaluate(out, cache_dir, "--data-dir", str(external))
+    assert "broken.jpeg" not in proc.stdout + proc.stderr
+    section = json.loads((out / "evaluation" / "test" / "results.json").read_text())
+    assert section["data_dir"] == str(external.resolve())
+    assert np.sum(section["ensemble"]["confusion_matrix"]["matrix"]) == sum(TINY_COUNTS["test"])
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_evaluate_refuses_a_split_of_the_runs_pool(run_two, cache_dir, split):
+    out, _ = run_two
+    proc = _evaluate(out, cache_dir, "--split", split, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"--split {split}:" in proc.stderr and "cross-validation pool" in proc.stderr
+    assert "optimistic" in proc.stderr and "--allow-pool-split" in proc.stderr
+
+
+def test_forced_pool_split_is_labelled_in_pool(run_two, cache_dir):
+    out, _ = run_two
+    proc = _evaluate(out, cache_dir, "--split", "val", "--allow-pool-split")
+    section = json.loads((out / "evaluation" / "val" / "results.json").read_text())
+    assert section["in_pool"] is True and section["label"] == "in-pool: optimistic"
+    assert f"{out.name} on val (in-pool: optimistic)" in proc.stdout
+
+
+def _fake_run(run_dir: Path, pool_files: list[str]) -> None:
+    run_dir.mkdir()
+    (run_dir / "folds.json").write_text(json.dumps({"files": dict.fromkeys(pool_files, 0)}))
+
+
+def test_val_kept_apart_is_not_a_pool_split(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    _fake_run(tmp_path / "run", ["train/NORMAL/IM-0001-0001.jpeg"])
+    config = {"data_dir": str(data)}
+    assert check_not_in_pool(tmp_path / "run", config, data, "val", allow=False) is False
+    with pytest.raises(PneumoError, match="--allow-pool-split"):
+        check_not_in_pool(tmp_path / "run", config, data, "train", allow=False)
+
+
+def test_a_pool_split_name_in_another_data_dir_is_not_in_pool(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "other").mkdir()
+    _fake_run(tmp_path / "run", ["train/NORMAL/IM-0001-0001.jpeg"])
+    config = {"data_dir": str(tmp_path / "data")}
+    assert check_not_in_pool(tmp_path / "run", config, tmp_path / "other", "train", allow=False) is False

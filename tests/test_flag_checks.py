@@ -21,6 +21,7 @@ TRAIN_BAD_VALUES = [
     ("--image-size", "64.0"),
     ("--workers", "-2"),
     ("--on-bad-image", "ignore"),
+    ("--on-overlap", "ignore"),
     ("--folds", "1"),
     ("--folds", "five"),
     ("--seed", "-1"),

@@ -14,7 +14,7 @@ from pneumo.errors import PneumoError
 # Keys that change where or how fast a run goes, never its numbers: ignored when a run
 # directory's recorded config is compared with a new invocation (resume).
 NON_RESULT_KEYS = frozenset(
-    {"output_dir", "resume", "overwrite", "workers", "cache_dir", "no_cache", "config", "audit_samples"}
+    {"output_dir", "resume", "overwrite", "workers", "cache_dir", "no_cache", "config", "audit_samples", "no_report"}
 )
 
 
@@ -147,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--audit-samples",
         action="store_true",
         help="write the file list each fold trained on, per epoch (foldK/samples_epochN.json)",
+    )
+    g.add_argument(
+        "--no-report",
+        action="store_true",
+        help="skip the figures and report.html written after training (evaluate.py RUN --report writes them later)",
     )
     return p
 

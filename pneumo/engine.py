@@ -27,6 +27,7 @@ class EpochTotals:
     labels: list[int] = field(default_factory=list)
     preds: list[int] = field(default_factory=list)
     indices: list[int] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)  # the learning rate each optimizer step used
 
     @property
     def samples(self) -> int:
@@ -80,6 +81,7 @@ def train_one_epoch(
         t.scaler.scale(loss).backward()
         t.scaler.step(t.optimizer)
         t.scaler.update()
+        totals.lrs.append(t.optimizer.param_groups[0]["lr"])
         t.scheduler.step()
         totals.step += 1
         totals.loss_sum += value * len(idx)

@@ -14,7 +14,7 @@ from pneumo.errors import PneumoError
 # Keys that change where or how fast a run goes, never its numbers: ignored when a run
 # directory's recorded config is compared with a new invocation (resume).
 NON_RESULT_KEYS = frozenset(
-    {"output_dir", "resume", "overwrite", "workers", "cache_dir", "no_cache", "config", "audit_samples", "no_report"}
+    {"output_dir", "resume", "overwrite", "workers", "cache_dir", "no_cache", "config", "audit_samples", "report"}
 )
 
 
@@ -149,9 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the file list each fold trained on, per epoch (foldK/samples_epochN.json)",
     )
     g.add_argument(
-        "--no-report",
-        action="store_true",
-        help="skip the figures and report.html written after training (evaluate.py RUN --report writes them later)",
+        "--report",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write RUN/report/ (figures, report.html, report.md) after training; evaluate.py RUN --report "
+        "writes it later",
     )
     return p
 

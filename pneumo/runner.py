@@ -169,7 +169,7 @@ def run_training(args: Namespace, should_stop=lambda: False) -> int:
     (run_dir / SUMMARY).write_text(captured.get(), encoding="utf-8")
     console.log(f"results: {run_dir / 'results.json'}  (wall time {header['wall_seconds']:.0f}s)")
     console.log(json.dumps({"oof_accuracy": results["oof"]["accuracy"], "oof_roc_auc": results["oof"]["roc_auc"]}))
-    if not args.no_report:
+    if args.report:
         report(run_dir, pixels_from(decoded))
     return EXIT_OK
 

@@ -21,6 +21,7 @@ Tile = tuple[np.ndarray, str, bool | None]  # image, caption, wrong (None: not a
 
 TRAIN, VAL = "tab:blue", "tab:orange"
 WRONG, RIGHT = "tab:red", "tab:green"
+CLASS_COLORS = ("tab:green", "tab:purple", "tab:brown", "tab:pink")
 STYLE = {
     "font.size": 10,
     "axes.titlesize": 11,
@@ -91,7 +92,8 @@ def class_distribution(groups: Sequence[tuple[str, Sequence[int]]], classes: Seq
     width = 0.8 / len(classes)
     for c, name in enumerate(classes):
         counts = [g[1][c] for g in groups]
-        bars = ax.bar(x + (c - (len(classes) - 1) / 2) * width, counts, width, label=name)
+        offset = (c - (len(classes) - 1) / 2) * width
+        bars = ax.bar(x + offset, counts, width, label=name, color=CLASS_COLORS[c % len(CLASS_COLORS)])
         ax.bar_label(bars, fontsize=8)
     totals = [sum(g[1]) for g in groups]
     ax.set_xticks(x, [f"{name}\n(n={n})" for (name, _), n in zip(groups, totals)], fontsize=9)
@@ -138,6 +140,8 @@ def loss_accuracy_curves(histories: Mapping[int, History], best_epochs: Mapping[
         if best:
             ax.plot(*zip(*best), "*", color="black", markersize=11, label="best epoch of a fold (lowest val loss)")
         _epoch_axes(ax, key.capitalize(), ylabel)
+        if key == "accuracy":
+            ax.set_ylim(top=1.01)
     axes[0, 1].legend(loc="lower right")
     return fig
 
@@ -152,8 +156,10 @@ def per_class_curves(
         for c, name in enumerate(classes):
             series = _series(histories, lambda r, n=name, g=get: g(r, n))
             if series:
-                _band(ax, series, f"C{c + 2}", name)
+                _band(ax, series, CLASS_COLORS[c % len(CLASS_COLORS)], name)
         _epoch_axes(ax, panel, ylabel)
+        if "loss" not in ylabel:  # a fraction: keep the ±std band inside [0, 1]
+            ax.set_ylim(-0.02, 1.02)
         ax.legend(loc="best")
     return fig
 
@@ -199,7 +205,11 @@ def confusion_matrices(
     for ax, (name, matrix) in zip(axes.flat, panels):
         fractions = np.issubdtype(np.asarray(matrix).dtype, np.floating)
         ConfusionMatrixDisplay(np.asarray(matrix), display_labels=list(classes)).plot(
-            ax=ax, colorbar=False, cmap="Blues", values_format=".2f" if fractions else "d", im_kw={"vmin": 0}
+            ax=ax,
+            colorbar=False,
+            cmap="Blues",
+            values_format=".2f" if fractions else "d",
+            im_kw={"vmin": 0, "vmax": 1 if fractions else None},
         )
         ax.set_title(name)
         ax.grid(False)

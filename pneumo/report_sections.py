@@ -184,7 +184,7 @@ def samples(inp: Inputs) -> Section | None:
     for c, name in enumerate(run.classes):
         mine = [f for f in files if _class_of(f, run.classes) == c]
         chosen = [mine[i] for i in rng.choice(len(mine), min(per_class, len(mine)), replace=False)]
-        picked.append(chosen[0])
+        picked.append((chosen[0], name))
         for f, img in zip(chosen, inp.pixels(chosen)):
             if img is not None:
                 tiles.append((img, f"{name}\n{Path(f).name}", None))
@@ -193,13 +193,13 @@ def samples(inp: Inputs) -> Section | None:
     views: list[figures.Tile] = []
     generator = torch.Generator().manual_seed(int(run.config.get("seed", 0)))
     n_views = 5
-    for f, img in zip(picked, inp.pixels(picked)):
+    for (f, name), img in zip(picked, inp.pixels([f for f, _ in picked])):
         if img is None:
             continue
         angles, flips = sample_params(n_views, generator)
         batch = torch.from_numpy(np.repeat(img[None, None], n_views, axis=0))
         out = prepare_batch(batch, 0.0, 1.0, angles=angles, flips=flips, channels=1)[:, 0].numpy()
-        views.append((img, f"original\n{Path(f).name}", None))
+        views.append((img, f"original ({name})\n{Path(f).name}", None))
         views += [(v, f"rotated {a:+.1f}°" + (", flipped" if fl else ""), None) for v, a, fl in zip(out, angles, flips)]
     aug = figures.image_grid(views, "Augmented views (training-time rotation ±10° and horizontal flip)", n_views + 1)
     return Section(
@@ -243,7 +243,9 @@ def classwise(inp: Inputs) -> Section | None:
         return None
     panels = [("Class-wise accuracy (validation)", "accuracy", lambda r, c: r["val"]["recall"][c])]
     if any("class_loss" in r["val"] for h in run.histories.values() for r in h):
-        panels.append(("Class-wise loss (validation)", "cross-entropy loss", lambda r, c: r["val"]["class_loss"][c]))
+        panels.append(
+            ("Class-wise loss (validation)", "cross-entropy loss", lambda r, c: r["val"].get("class_loss", {}).get(c))
+        )
     fig = figures.per_class_curves(run.histories, run.classes, panels, "Class-wise accuracy and loss per epoch")
     caption = (
         "Accuracy on the validation images of each class (its recall) and their mean cross-entropy loss, per epoch."

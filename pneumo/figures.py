@@ -105,7 +105,7 @@ def class_distribution(groups: Sequence[tuple[str, Sequence[int]]], classes: Seq
 
 def _tiles(tiles: Sequence[Tile], cols: int, title: str, tile_inches: float = 1.9) -> Figure:
     rows = max(1, -(-len(tiles) // cols))
-    fig, axes = _figure(rows, cols, (cols * tile_inches, rows * (tile_inches + 0.45) + 0.6), title)
+    fig, axes = _figure(rows, cols, (cols * tile_inches, rows * (tile_inches + 0.6) + 0.6), title)
     for ax in axes.flat:
         ax.axis("off")
     for ax, (image, caption, wrong) in zip(axes.flat, tiles):
@@ -182,14 +182,16 @@ def learning_rate_and_throughput(histories: Mapping[int, History]) -> Figure:
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     ax.legend()
     ax = axes[0, 1]
-    for fold, (epochs, rate) in _series(histories, lambda r: r.get("images_per_second")).items():
+    rates = _series(histories, lambda r: r.get("images_per_second"))
+    title = "Training throughput"
+    if not rates:  # runs from before it was recorded: images over the whole epoch's time
+        rates = _series(histories, lambda r: r["train_samples"] / r["seconds"] if r.get("seconds") else None)
+        title = "Training throughput (epoch time including validation)"
+    for fold, (epochs, rate) in rates.items():
         ax.plot(epochs, rate, "o-", linewidth=1.2, label=f"fold {fold} (mean {rate.mean():.1f})")
-    _epoch_axes(ax, "Training throughput", "images / s")
+    _epoch_axes(ax, title, "images / s")
     ax.set_ylim(bottom=0)
-    if ax.lines:
-        ax.legend()
-    else:
-        ax.text(0.5, 0.5, "not recorded by this run", ha="center", transform=ax.transAxes)
+    ax.legend()
     return fig
 
 

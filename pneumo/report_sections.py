@@ -320,7 +320,9 @@ def _prediction_tiles(inp: Inputs, s: Scored, order: Sequence[int]) -> list[figu
         if img is None:
             continue
         wrong = bool(preds[i] != s.labels[i])
-        caption = f"true {classes[s.labels[i]]}\npred {classes[preds[i]]}" + (" ✗" if wrong else "")
+        name = Path(s.files[i]).name
+        caption = f"{name if len(name) <= 26 else name[:12] + '…' + name[-13:]}\n"
+        caption += f"true {classes[s.labels[i]]}\npred {classes[preds[i]]}" + (" ✗" if wrong else "")
         tiles.append((img, f"{caption}\nP({classes[pos]}) {s.probs[i, pos]:.2f}", wrong))
     return tiles
 

@@ -113,10 +113,8 @@ def facts(inp: Inputs) -> Section:
         ["folds", f"{res['n_folds']} ({run.folds.get('grouping', '?')}-grouped, seed {run.folds.get('seed', '-')})"],
         ["skipped images", _fmt(info.get("skipped_images", 0))],
         ["wall time", _duration(res.get("wall_seconds"))],
-        [
-            "processes, device",
-            f"{res['processes']} × {info.get('device', '?')}, mixed precision {res['mixed_precision']}",
-        ],
+        ["processes", f"{res['processes']}, mixed precision {res['mixed_precision']}"],
+        ["device", info.get("device", "not recorded by this run")],
         ["host", _fmt(info.get("host"))],
         ["git commit", _fmt(info.get("git_commit"))],
         ["command", " ".join(info.get("command", []))],
@@ -150,7 +148,7 @@ def facts(inp: Inputs) -> Section:
                 _duration(r.get("seconds")),
             ]
         )
-    config_rows = [[k, _fmt(v)] for k, v in sorted(cfg.items())]
+    config_rows = [[k, "-" if v is None else str(v)] for k, v in sorted(cfg.items())]
     return Section(
         "Run",
         [

@@ -10,6 +10,7 @@ import base64
 import html
 import io
 import os
+import re
 import shutil
 import struct
 import time
@@ -83,9 +84,15 @@ figure{margin:18px 0}figure img{max-width:100%;height:auto;border:1px solid #e5e
 figcaption{color:#555;font-size:13px}
 table{border-collapse:collapse;margin:8px 0 18px;font-size:13px}
 caption{text-align:left;font-weight:600;padding:4px 0}
-td,th{border:1px solid #d8d8de;padding:3px 8px;text-align:right}td:first-child,th:first-child{text-align:left}
+td,th{border:1px solid #d8d8de;padding:3px 8px;text-align:left}.num{text-align:right}
 .grid{display:flex;flex-wrap:wrap;gap:0 24px}nav ol{columns:2}
 """
+
+
+def _html_cell(text: str) -> str:
+    # Numbers ("0.996", "269 (243)", "7 / 10") align right, words left.
+    numeric = re.fullmatch(r"[-+]?\d[\d.,]*( \(\d+\))?( / \d+)?|-", text)
+    return f"<td{' class=num' if numeric else ''}>{html.escape(text)}</td>"
 
 
 def _html_block(block: Block, path: str) -> str:
@@ -98,8 +105,8 @@ def _html_block(block: Block, path: str) -> str:
             f'data-file="{html.escape(path)}"><figcaption>{html.escape(block.caption)}</figcaption></figure>'
         )
     if isinstance(block, Table):
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in block.header)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in block.rows)
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in block.header) if any(block.header) else ""
+        body = "".join("<tr>" + "".join(_html_cell(c) for c in row) + "</tr>" for row in block.rows)
         return f"<table><caption>{html.escape(block.caption)}</caption><tr>{head}</tr>{body}</table>"
     return f"<p>{html.escape(block.text)}</p>"
 

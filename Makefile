@@ -1,4 +1,4 @@
-# make demo  - install into .venv and train on the built-in synthetic data (minutes on a CPU)
+# make demo  - install into .venv, train on the built-in synthetic data (minutes on a CPU), write the report
 # make test  - install into .venv (with test tools) and run lint + the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python

@@ -43,6 +43,7 @@ NON_RESULT_KEYS = frozenset(
         "audit_samples",
         "keep_state",
         "saliency_images",
+        "report",
     }
 )
 
@@ -208,9 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="sampler",
         help="class imbalance: WeightedRandomSampler, class-weighted loss, or nothing",
     )
-    g.add_argument(
-        "--warmup-epochs", type=number(0), default=0.0, help="linear learning-rate warmup before the cosine"
-    )
+    g.add_argument("--warmup-epochs", type=number(0), default=0.0, help="linear learning-rate warmup before the cosine")
     g.add_argument(
         "--label-smoothing",
         type=number(0, 1, high_open=True),
@@ -333,6 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep-state",
         action="store_true",
         help="keep each finished fold's resume state (foldK/state.pt); by default it is deleted when the fold is done",
+    )
+    g.add_argument(
+        "--report",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write RUN/report/ (figures, report.html, report.md) after training; evaluate.py RUN --report "
+        "writes it later",
     )
     return p
 

@@ -30,6 +30,7 @@ class EpochTotals:
     labels: list[int] = field(default_factory=list)
     preds: list[int] = field(default_factory=list)
     indices: list[int] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)  # the learning rate each optimizer step used
 
     @property
     def samples(self) -> int:
@@ -101,6 +102,7 @@ def train_one_epoch(
         t.scaler.step(t.optimizer)
         scale = t.scaler.get_scale()
         t.scaler.update()
+        totals.lrs.append(t.optimizer.param_groups[0]["lr"])
         if t.scaler.get_scale() >= scale:  # the scale only drops when the step was skipped
             t.scheduler.step()
             totals.optimizer_steps += 1

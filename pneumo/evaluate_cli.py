@@ -3,6 +3,7 @@
 pneumo-evaluate runs/NAME                        # test split of the run's data dir
 pneumo-evaluate runs/NAME --data-dir EXTERNAL --split test  # EXTERNAL/test/{NORMAL,PNEUMONIA} only
 pneumo-evaluate runs/NAME --split val --allow-pool-split    # a pool split: refused without the flag
+pneumo-evaluate runs/NAME --report                          # (re)write runs/NAME/report/ from the run's files
 pneumo-evaluate runs/NAME --images a.jpeg b.png some_dir/ --out preds.csv
 pneumo-evaluate --compare runs/A runs/B --out runs/comparison  # runs/comparison.md and .csv
 """
@@ -17,9 +18,12 @@ from pneumo import console
 from pneumo.bootstrap import RESAMPLES
 from pneumo.clinical import SALIENCY_IMAGES
 from pneumo.config import HelpFormatter
+from pneumo.distributed import available_cpus
 from pneumo.errors import PneumoError
 from pneumo.evaluation import evaluate_run, predict_images, split_tables
 from pneumo.flags import ArgumentParser, integer, threshold_policy
+from pneumo.report_site import run_pixels, write_report
+from pneumo.rundir import read_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="CSV for --images (default RUN_DIR/image_predictions.csv); with --compare, the stem of the "
         ".md and .csv tables (default ./comparison)",
+    )
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="write RUN_DIR/report/ (figures, report.html, report.md) from the run's files instead of evaluating",
     )
     p.add_argument("--compare", nargs="+", default=None, metavar="RUN", help="compare these finished runs in one table")
     p.add_argument(
@@ -92,6 +101,10 @@ def check_together(args: argparse.Namespace) -> None:
     """Refuse flags that are fine alone but not together, before loading models or data."""
     if bool(args.run_dir) == bool(args.compare):
         raise PneumoError("give one run directory, or --compare RUN [RUN ...] (not both)")
+    if args.report and (args.images or args.out or args.compare):
+        raise PneumoError(
+            "--report rewrites RUN_DIR/report/ from the run's files; run --images or --compare separately"
+        )
     if args.out and not (args.images or args.compare):
         raise PneumoError(
             "--out is for --images predictions or --compare tables; a split's results go to RUN_DIR/evaluation/SPLIT/"
@@ -112,7 +125,11 @@ def main(argv: list[str] | None = None) -> int:
             console.log(f"comparison: {', '.join(str(p) for p in written)}")
             return 0
         run_dir = Path(args.run_dir).expanduser().resolve()
-        if args.images:
+        if args.report:
+            workers = args.workers if args.workers >= 0 else available_cpus()
+            pixels = run_pixels(read_config(run_dir), cache_dir=args.cache_dir, no_cache=args.no_cache, workers=workers)
+            console.log(f"report: {write_report(run_dir, pixels)}")
+        elif args.images:
             predict_images(run_dir, args)
         else:
             section = evaluate_run(run_dir, args)

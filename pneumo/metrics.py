@@ -77,6 +77,13 @@ def classification_metrics(
     return out
 
 
+def class_losses(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict[str, float | None]:
+    """Mean cross-entropy over the samples of each class (None for a class with none)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    nll = -np.log(np.clip(np.asarray(probs, dtype=np.float64)[np.arange(len(labels)), labels], 1e-12, 1.0))
+    return {c: float(nll[labels == k].mean()) if (labels == k).any() else None for k, c in enumerate(classes)}
+
+
 def report_text(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> str:
     """sklearn's text classification report for arg-max predictions; undefined ratios read n/a."""
     preds = np.asarray(probs).argmax(axis=1)

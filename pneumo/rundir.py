@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 import shutil
 import subprocess
@@ -81,6 +82,15 @@ def _git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
+
+
+def describe(device) -> str:
+    """The training device in words: `cpu` or `cuda:0 (NVIDIA H100 80GB HBM3)`."""
+    import torch
+
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"{device} ({platform.machine()}, {os.cpu_count()} CPUs)"
 
 
 def run_info(data_dir: Path, fingerprint: str, world: int, extra: dict[str, Any]) -> dict[str, Any]:

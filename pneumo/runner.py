@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import traceback
 from argparse import Namespace
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from pneumo.fsutil import atomic_write_json, check_writable, read_json
 from pneumo.images import Preprocess
 from pneumo.overlap import check_overlap
 from pneumo.report import SUMMARY, build_results, read_fold_results, summary_table
+from pneumo.report_site import pixels_from, write_report
 from pneumo.splits import build_splits
 from pneumo.trainer import RESULT, STATE, FoldEnv, fold_dir, train_fold
 
@@ -130,7 +132,8 @@ def run_training(args: Namespace, should_stop=lambda: False) -> int:
         rundir.check_same_data(run_dir, fingerprint)
     if is_main:
         grouping = "duplicates" if args.no_group else "patient"
-        info = rundir.run_info(data_dir, fingerprint, world, {"synthetic": synthetic, "skipped_images": len(bad)})
+        extra = {"synthetic": synthetic, "skipped_images": len(bad), "device": rundir.describe(accelerator.device)}
+        info = rundir.run_info(data_dir, fingerprint, world, extra)
         rundir.initialise(run_dir, mode, config, splits.folds_json(seed=args.seed, grouping=grouping), info)
         if bad:
             atomic_write_json(run_dir / SKIPPED, bad)
@@ -194,4 +197,18 @@ def run_training(args: Namespace, should_stop=lambda: False) -> int:
     (run_dir / SUMMARY).write_text(captured.get(), encoding="utf-8")
     console.log(f"results: {run_dir / 'results.json'}  (wall time {header['wall_seconds']:.0f}s)")
     console.log(json.dumps({"oof_accuracy": results["oof"]["accuracy"], "oof_roc_auc": results["oof"]["roc_auc"]}))
+    if args.report:
+        report(run_dir, pixels_from(decoded))
     return EXIT_OK
+
+
+def report(run_dir: Path, pixels) -> None:
+    """Write the run's report; a failure here loses no training, so it is a warning with the retry command."""
+    started = time.monotonic()
+    try:
+        page = write_report(run_dir, pixels)
+    except Exception as exc:  # the run's results are already on disk
+        traceback.print_exc()
+        console.warn(f"the report failed ({exc}); write it again with: python evaluate.py {run_dir} --report")
+        return
+    console.log(f"report ({time.monotonic() - started:.1f}s): {page}")

@@ -20,7 +20,7 @@ from PIL import Image
 
 from pneumo.fsutil import file_lock
 
-SYNTHETIC_VERSION: int = 1  # bump when the images change
+SYNTHETIC_VERSION: int = 2  # bump when the images change
 
 SPLITS = ("train", "val", "test")
 DEFAULT_COUNTS: dict[str, tuple[int, int]] = {"train": (100, 300), "val": (4, 4), "test": (40, 60)}
@@ -240,20 +240,21 @@ def _anatomy(u: Array, v: Array, lungs: tuple[_Lung, _Lung], rng: np.random.Gene
 
 
 def _opacities(u: Array, v: Array, lungs: tuple[_Lung, _Lung], rng: np.random.Generator) -> Array:
-    """1-4 patchy, blurry opacities in the lung fields, each of random strength (to be masked by the lungs)."""
+    """2-4 patchy consolidations in the lung fields, clearly denser than the lung around them even
+    at 64 px, of varying size and strength (to be masked by the lungs)."""
     h, w = u.shape
     out = np.zeros_like(u)
-    for _ in range(int(rng.integers(1, 5))):
+    for _ in range(int(rng.integers(2, 5))):
         lung = lungs[int(rng.integers(2))]
-        px = lung.cx + rng.uniform(-0.5, 0.5) * lung.rx
-        py = lung.cy + rng.uniform(-0.4, 0.75) * lung.ry  # mostly the lower lobes
+        px = lung.cx + rng.uniform(-0.45, 0.45) * lung.rx
+        py = lung.cy + rng.uniform(-0.4, 0.7) * lung.ry  # mostly the lower lobes
         blob = np.zeros_like(u)
         for _ in range(int(rng.integers(2, 6))):
             ox, oy = (float(d) for d in rng.normal(0.0, 0.07, size=2))
-            sigma = rng.uniform(0.05, 0.13)
-            blob += rng.uniform(0.5, 1.0) * np.exp(-((u - px - ox) ** 2 + (v - py - oy) ** 2) / (2 * sigma**2))
+            sigma = rng.uniform(0.06, 0.14)
+            blob += rng.uniform(0.6, 1.0) * np.exp(-((u - px - ox) ** 2 + (v - py - oy) ** 2) / (2 * sigma**2))
         mottle = _smooth_noise(h, w, int(rng.integers(12, 22)), rng)
-        out += rng.uniform(0.06, 0.3) * np.clip(blob * (0.3 + 1.2 * mottle), 0.0, 1.0)
+        out += rng.uniform(0.16, 0.34) * np.clip(blob * (0.45 + 1.0 * mottle), 0.0, 1.0)
     return out
 
 
@@ -304,10 +305,15 @@ def _check_counts(counts: dict[str, tuple[int, int]]) -> None:
             raise ValueError(f"counts[{split!r}] must be (n_normal, n_pneumonia) >= 0, got {pair!r}")
 
 
-def generate(root: Path, *, counts: dict[str, tuple[int, int]] | None = None, seed: int = 0) -> None:
+def generate(
+    root: Path, *, counts: dict[str, tuple[int, int]] | None = None, seed: int = 0, negative_control: bool = False
+) -> None:
     """Write root/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg (counts[split] = (n_normal, n_pneumonia)).
 
     The same counts and seed give byte-identical files. Files already in root are left alone.
+    `negative_control` draws each image's pathology at random, independent of its class
+    folder (as often as PNEUMONIA is filed overall): labels carry no signal, so a sound
+    pipeline must not learn them.
     """
     counts = DEFAULT_COUNTS if counts is None else counts
     _check_counts(counts)
@@ -316,6 +322,9 @@ def generate(root: Path, *, counts: dict[str, tuple[int, int]] | None = None, se
         for cls in ("NORMAL", "PNEUMONIA"):
             (root / split / cls).mkdir(parents=True, exist_ok=True)
     plan = _plan(counts, seed)
+    if negative_control:
+        shuffled = np.random.default_rng([seed, 1]).permutation([spec.pneumonia for spec in plan])
+        plan = [_ImageSpec(spec.path, bool(p), spec.seed) for spec, p in zip(plan, shuffled)]
     repeated = {s for s, n in Counter(spec.seed for spec in plan).items() if n > 1}
     copies: dict[int, bytes] = {}  # a duplicate group shares one render seed: render it once
     for spec in plan:

@@ -29,12 +29,12 @@ from pneumo.ensemble import BEST, load_fold_model
 from pneumo.errors import NonFiniteLossError, PneumoError
 from pneumo.fsutil import atomic_write_json
 from pneumo.loader import PixelDataset, eval_batches, make_loader, steps_per_epoch, train_batches
-from pneumo.metrics import classification_metrics, epoch_metrics
+from pneumo.metrics import class_losses, classification_metrics, epoch_metrics
 from pneumo.mixing import MixSpec
 from pneumo.models import create_model, lr_groups, set_head_only, train_mode
 from pneumo.predictions import read_predictions, write_predictions
 from pneumo.splits import Splits
-from pneumo.tracking import FoldLogger
+from pneumo.tracking import FoldLogger, final_metrics, fold_hparams
 
 STATE = "state.pt"
 RESULT = "result.json"
@@ -253,13 +253,16 @@ def train_fold(
                 train_idx, splits.labels[train_idx], n_classes, cfg.batch_size, sampler, cfg.balance == "sampler"
             )
             loader = make_loader(dataset, batches[p.totals.step :], device, env.workers)
-            with console.progress() as bar:
-                task = bar.add_task(f"fold {fold} epoch {p.epoch + 1}", total=len(batches), completed=p.totals.step)
-                steps = console.advancing(loader, bar, task)
+            label = f"fold {fold} epoch {p.epoch + 1}/{cfg.epochs}"
+            bar = console.StepProgress(label, len(batches), p.totals.step, cfg.batch_size, lambda: p.totals.loss)
+            with bar:
                 try:
-                    finished = train_one_epoch(t, steps, labels, norm, aug, p.totals, device, env.autocast, should_stop)
+                    finished = train_one_epoch(
+                        t, bar.track(loader), labels, norm, aug, p.totals, device, env.autocast, should_stop
+                    )
                 except NonFiniteLossError as exc:
                     raise NonFiniteLossError(f"epoch {p.epoch + 1}: {exc}") from exc
+            train_seconds = time.monotonic() - epoch_started
             if not finished:
                 _save(out / STATE, fold, t, p, aug, device)
                 return None
@@ -275,6 +278,9 @@ def train_fold(
                 "scheduler_steps": t.scheduler.last_epoch,
                 "train_samples": p.totals.samples,
                 "head_only": head_only,
+                "lr_steps": list(p.totals.lrs),
+                "images_per_second": round(bar.rate(), 2),
+                "train_seconds": round(train_seconds, 3),
                 "train": {"loss": p.totals.loss, **epoch_metrics(p.totals.labels, p.totals.preds, splits.classes)},
                 "val": {
                     "loss": val["loss"],
@@ -282,6 +288,7 @@ def train_fold(
                     "accuracy": val["accuracy"],
                     "precision": {c: v["precision"] for c, v in val["per_class"].items()},
                     "recall": {c: v["recall"] for c, v in val["per_class"].items()},
+                    "class_loss": class_losses(splits.labels[val_idx], val_probs, splits.classes),
                 },
                 "seconds": round(time.monotonic() - epoch_started, 3),
             }
@@ -302,7 +309,7 @@ def train_fold(
             console.log(
                 f"fold {fold} epoch {p.epoch + 1}/{cfg.epochs}: train loss {record['train']['loss']:.4f} "
                 f"acc {record['train']['accuracy']:.3f} | val loss {val['loss']:.4f} acc {val['accuracy']:.3f} "
-                f"auc {_fmt(val['roc_auc'])} | {record['seconds']:.1f}s"
+                f"auc {_fmt(val['roc_auc'])} | {record['seconds']:.1f}s, {record['images_per_second']:.1f} img/s"
             )
             p.history = logger.history
             p.epoch += 1
@@ -311,9 +318,12 @@ def train_fold(
             _save(out / STATE, fold, t, p, aug, device)
             if should_stop():
                 return None
+        result = _finish(fold, splits, decoded, env, p, time.monotonic() - started)
+        hparams = fold_hparams({**vars(cfg), "mixed_precision": env.mixed_precision}, fold)
+        logger.log_hparams(hparams, final_metrics(result), step=len(p.history))
+        return result
     finally:
         logger.close()
-    return _finish(fold, splits, decoded, env, p, time.monotonic() - started)
 
 
 def _finish(fold: int, splits: Splits, decoded: DecodedImages, env: FoldEnv, p: Progress, seconds: float) -> dict:

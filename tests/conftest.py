@@ -32,6 +32,7 @@ TRAIN_ARGS = [
     "0",
     "--saliency-images",
     "0",
+    "--no-report",
 ]
 
 
@@ -64,11 +65,25 @@ def cli_env(env: dict | None = None) -> dict:
 
 
 def run_cli(
-    args: list[str], *, processes: int = 1, env: dict | None = None, check: bool = True, timeout: float = 300
+    args: list[str],
+    *,
+    processes: int = 1,
+    env: dict | None = None,
+    check: bool = True,
+    timeout: float = 300,
+    log: Path | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run a CLI of the repo as a user would: `python SCRIPT` or `accelerate launch` with N processes."""
+    """Run a CLI of the repo as a user would: `python SCRIPT` or `accelerate launch` with N processes.
+
+    With `log`, stdout and stderr go to that file (as in a batch job) and are read back as stdout.
+    """
     cmd = launch_command(args, processes)
-    proc = subprocess.run(cmd, cwd=ROOT, env=cli_env(env), capture_output=True, text=True, timeout=timeout)
+    if log is None:
+        proc = subprocess.run(cmd, cwd=ROOT, env=cli_env(env), capture_output=True, text=True, timeout=timeout)
+    else:
+        with open(log, "w") as f:
+            proc = subprocess.run(cmd, cwd=ROOT, env=cli_env(env), stdout=f, stderr=subprocess.STDOUT, timeout=timeout)
+        proc.stdout, proc.stderr = log.read_text(), ""
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
@@ -102,23 +117,36 @@ def train_args(data: Path, out: Path, cache: Path, *extra: str) -> list[str]:
 
 
 def train(
-    data: Path, out: Path, cache: Path, *extra: str, processes: int = 1, check: bool = True, env: dict | None = None
+    data: Path,
+    out: Path,
+    cache: Path,
+    *extra: str,
+    processes: int = 1,
+    check: bool = True,
+    env: dict | None = None,
+    log: Path | None = None,
 ) -> subprocess.CompletedProcess:
-    return run_cli(train_args(data, out, cache, *extra), processes=processes, check=check, env=env)
+    return run_cli(train_args(data, out, cache, *extra), processes=processes, check=check, env=env, log=log)
 
 
 @pytest.fixture(scope="session")
 def run_two(tiny_data, cache_dir, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    """A real 2-process fold-parallel launch, auditing the samples each fold trained on."""
+    """A real 2-process fold-parallel launch, auditing the samples each fold trained on, with its
+    report and a progress line after every step."""
     out = tmp_path_factory.mktemp("runs") / "two"
-    return out, train(tiny_data, out, cache_dir, "--audit-samples", processes=2)
+    env = {"PNEUMO_PROGRESS_EVERY": "0"}
+    return out, train(tiny_data, out, cache_dir, "--audit-samples", "--report", processes=2, env=env)
 
 
 @pytest.fixture(scope="session")
 def run_one(tiny_data, cache_dir, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    """The same run in one process (all folds in turn), keeping each fold's resume state."""
+    """The same run in one process (all folds in turn), keeping each fold's resume state, its output
+    written to a file as a batch job's."""
     out = tmp_path_factory.mktemp("runs") / "one"
-    return out, train(tiny_data, out, cache_dir, "--audit-samples", "--keep-state", "--saliency-images", "2")
+    log = out.parent / "one.log"
+    env = {"PNEUMO_PROGRESS_EVERY": "0", "FORCE_COLOR": "", "TTY_COMPATIBLE": ""}  # rich's own detection
+    extra = ("--audit-samples", "--keep-state", "--saliency-images", "2")
+    return out, train(tiny_data, out, cache_dir, *extra, env=env, log=log)
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -147,3 +147,27 @@ def test_without_data_dir_trains_on_the_builtin_synthetic_set_and_says_so(tmp_pa
     assert info["synthetic"] is True
     results = json.loads((out / "results.json").read_text())
     assert results["synthetic"] is True and results["ensemble"]["test"]["accuracy"] >= 0
+
+
+def test_epoch_record_holds_the_learning_rate_of_every_optimizer_step(run_two):
+    out, _ = run_two
+    for k in range(N_FOLDS):
+        records = read_jsonl(out / f"fold{k}" / "metrics.jsonl")
+        rates = [lr for r in records for lr in r["lr_steps"]]
+        total = sum(r["optimizer_steps"] for r in records)
+        # CosineAnnealingLR over all steps, from 1e-3 towards eta_min 1e-4; step i runs at the rate of i.
+        expected = [1e-4 + (1e-3 - 1e-4) * (1 + math.cos(math.pi * i / total)) / 2 for i in range(total)]
+        assert rates == pytest.approx(expected, rel=1e-6)
+        assert all(r["images_per_second"] > 0 and r["train_seconds"] > 0 for r in records)
+
+
+def test_epoch_record_holds_the_validation_loss_of_each_class(run_two):
+    out, _ = run_two
+    for k in range(N_FOLDS):
+        records = read_jsonl(out / f"fold{k}" / "metrics.jsonl")
+        best = min(records, key=lambda r: r["val"]["loss"])  # its predictions are val_predictions.csv
+        val = read_predictions(out / f"fold{k}" / "val_predictions.csv", CLASSES)
+        for c, name in enumerate(CLASSES):
+            mine = val.labels == c
+            expected = -np.log(val.probs[mine, c]).mean()
+            assert best["val"]["class_loss"][name] == pytest.approx(expected, rel=1e-9)

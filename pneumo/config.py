@@ -475,9 +475,15 @@ def folds_to_train(config: Namespace | dict[str, Any]) -> list[int]:
 
 
 def result_keys_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Config keys whose values differ in a way that changes results."""
+    """Config keys whose values differ in a way that changes results.
+
+    A key the old record lacks (a run started by an earlier version, before the flag existed)
+    differs only if the new value is not the flag's default: the earlier version behaved as
+    the default does.
+    """
+    parser = build_parser()
     keys = (set(old) | set(new)) - NON_RESULT_KEYS
-    return sorted(k for k in keys if old.get(k) != new.get(k))
+    return sorted(k for k in keys if old.get(k, parser.get_default(k)) != new.get(k, parser.get_default(k)))
 
 
 def to_yaml(config: dict[str, Any]) -> str:

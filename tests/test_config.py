@@ -42,3 +42,9 @@ def test_config_diff_ignores_keys_that_do_not_change_results():
     old = {"lr": 1e-3, "workers": 4, "output_dir": "a", "no_cache": False}
     new = {"lr": 1e-2, "workers": 1, "output_dir": "b", "no_cache": True}
     assert result_keys_diff(old, new) == ["lr"]
+
+
+def test_a_flag_newer_than_the_recorded_run_differs_only_when_not_at_its_default():
+    old = {"lr": 1e-3}  # recorded before --ema-decay and --tta existed
+    assert result_keys_diff(old, {"lr": 1e-3, "ema_decay": 0.0, "tta": "none"}) == []
+    assert result_keys_diff(old, {"lr": 1e-3, "ema_decay": 0.998, "tta": "none"}) == ["ema_decay"]

@@ -114,12 +114,12 @@ def run_training(args: Namespace, should_stop=lambda: False) -> int:
     bad = unusable_images(layout, decoded, args.on_bad_image)
     splits = build_splits(layout, decoded, args)
     if is_main:
-        report = audit(decoded, splits.labels, splits.classes, splits.positive, splits.pool, splits.evals)
+        audit_record = audit(decoded, splits.labels, splits.classes, splits.positive, splits.pool, splits.evals)
         if args.audit:
-            console.console.print(audit_table(report))
-            atomic_write_json(run_dir / AUDIT, report)
+            console.console.print(audit_table(audit_record))
+            atomic_write_json(run_dir / AUDIT, audit_record)
             console.log(f"audit: {run_dir / AUDIT}")
-        for line in report["warnings"]:
+        for line in audit_record["warnings"]:
             console.warn(f"data audit: {line}")
     if args.audit:
         return EXIT_OK
@@ -137,7 +137,7 @@ def run_training(args: Namespace, should_stop=lambda: False) -> int:
         rundir.initialise(run_dir, mode, config, splits.folds_json(seed=args.seed, grouping=grouping), info)
         if bad:
             atomic_write_json(run_dir / SKIPPED, bad)
-        atomic_write_json(run_dir / AUDIT, report)
+        atomic_write_json(run_dir / AUDIT, audit_record)
         atomic_write_json(run_dir / OVERLAP, overlap)
     accelerator.wait_for_everyone()
 

@@ -7,15 +7,16 @@ Adding a section is writing one such function and listing it in SECTIONS.
 from __future__ import annotations
 
 import io
+from argparse import Namespace
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from pneumo import figures
-from pneumo.augment import prepare_batch, sample_params
+from pneumo.augment import AugmentSpec, prepare_batch, sample_params
 from pneumo.run_outputs import RunOutputs, Scored
 
 EXTRA_FIGURE_DIRS = ("calibration", "saliency")  # PNGs other tools leave in the run, shown as they are
@@ -190,16 +191,20 @@ def samples(inp: Inputs) -> Section | None:
     grid = figures.image_grid(tiles, f"Random training-pool images per class ({size} px, before augmentation)")
     views: list[figures.Tile] = []
     generator = torch.Generator().manual_seed(int(run.config.get("seed", 0)))
+    spec = AugmentSpec.from_config(Namespace(**run.config))
     n_views = 5
     for (f, name), img in zip(picked, inp.pixels([f for f, _ in picked])):
         if img is None:
             continue
-        angles, flips = sample_params(n_views, generator)
+        params = sample_params(n_views, generator, spec)
         batch = torch.from_numpy(np.repeat(img[None, None], n_views, axis=0))
-        out = prepare_batch(batch, 0.0, 1.0, angles=angles, flips=flips, channels=1)[:, 0].numpy()
+        out = prepare_batch(batch, 0.0, 1.0, params, channels=1)[:, 0].clamp(0, 255).to(torch.uint8).numpy()
         views.append((img, f"original ({name})\n{Path(f).name}", None))
-        views += [(v, f"rotated {a:+.1f}°" + (", flipped" if fl else ""), None) for v, a, fl in zip(out, angles, flips)]
-    aug = figures.image_grid(views, "Augmented views (training-time rotation ±10° and horizontal flip)", n_views + 1)
+        views += [
+            (v, f"rotated {a:+.1f}°" + (", flipped" if fl else ""), None)
+            for v, a, fl in zip(out, params.angles.tolist(), params.flips.tolist())
+        ]
+    aug = figures.image_grid(views, f"Augmented views (the run's training augmentation: {_levers(spec)})", n_views + 1)
     return Section(
         "Sample images",
         [
@@ -207,6 +212,14 @@ def samples(inp: Inputs) -> Section | None:
             Plot("augmentations", "Each row: one image and the random augmentations training draws.", _png(aug)),
         ],
     )
+
+
+def _levers(spec: AugmentSpec) -> str:
+    """The augmentation levers that are on, as 'rotate 10, flip 0.5, gamma 0.3, ...'."""
+    default = AugmentSpec(rotate=0.0, flip=0.0)
+    values = {f.name: getattr(spec, f.name) for f in fields(spec)}
+    on = [f"{k} {v:g}" for k, v in values.items() if v != getattr(default, k)]
+    return ", ".join(on) or "none"
 
 
 def training_curves(inp: Inputs) -> Section | None:

@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run directory (created; resumed when it holds the same config)",
     )
     g.add_argument(
-        "--image-size", type=integer(32), default=224, help="square input size: resize keeping aspect ratio, pad"
+        "--image-size", type=integer(32), default=64, help="square input size: resize keeping aspect ratio, pad"
     )
     g.add_argument(
         "--keep-val-apart",
@@ -189,13 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=integer(1), default=10, help="epochs per fold")
+    g.add_argument("--epochs", type=integer(1), default=20, help="epochs per fold")
     g.add_argument("--batch-size", type=integer(1), default=32, help="batch size per fold")
     g.add_argument(
         "--opt", type=timm_optimizer, default="adamw", help="optimizer name for timm.optim.create_optimizer_v2"
     )
     g.add_argument("--lr", type=number(0, low_open=True), default=1e-3, help="peak learning rate")
-    g.add_argument("--weight-decay", type=number(0), default=1e-4, help="weight decay")
+    g.add_argument("--weight-decay", type=number(0), default=0.05, help="weight decay")
     g.add_argument("--min-lr", type=number(0), default=1e-4, help="eta_min of the cosine schedule")
     g.add_argument(
         "--backbone-lr-scale",
@@ -213,15 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--label-smoothing",
         type=number(0, 1, high_open=True),
-        default=0.0,
+        default=0.1,
         help="label smoothing of the cross-entropy loss",
     )
-    g.add_argument("--mixup", type=number(0), default=0.0, help="mixup Beta(a, a) concentration a (0: off)")
-    g.add_argument("--cutmix", type=number(0), default=0.0, help="CutMix Beta(a, a) concentration a (0: off)")
+    g.add_argument("--mixup", type=number(0), default=0.4, help="mixup Beta(a, a) concentration a (0: off)")
+    g.add_argument("--cutmix", type=number(0), default=1.0, help="CutMix Beta(a, a) concentration a (0: off)")
     g.add_argument(
         "--ema-decay",
         type=number(0, 1, high_open=True),
-        default=0.0,
+        default=0.998,
         help="keep an EMA of the weights (timm ModelEmaV3, with warmup) and validate/checkpoint it (0: off)",
     )
 
@@ -233,25 +233,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--aug-scale",
         type=number(0, low_open=True),
         nargs=2,
-        default=None,
+        default=[0.85, 1.2],
         metavar=("MIN", "MAX"),
-        help="zoom factor, uniform in [MIN, MAX] (>1 zooms in)",
+        help="zoom factor, uniform in [MIN, MAX] (>1 zooms in; 1 1: off)",
     )
-    g.add_argument("--aug-aspect", type=number(1), default=1.0, help="aspect stretch, log-uniform in [1/R, R]")
+    g.add_argument("--aug-aspect", type=number(1), default=1.15, help="aspect stretch, log-uniform in [1/R, R]")
     g.add_argument(
         "--aug-translate",
         type=number(0, 0.5, high_open=True),
-        default=0.0,
+        default=0.06,
         help="shift, uniform in +-FRACTION of the image",
     )
-    g.add_argument("--aug-gamma", type=number(0), default=0.0, help="gamma, log-uniform in [1/(1+G), 1+G]")
+    g.add_argument("--aug-gamma", type=number(0), default=0.3, help="gamma, log-uniform in [1/(1+G), 1+G]")
     g.add_argument(
-        "--aug-contrast", type=number(0, 1, high_open=True), default=0.0, help="contrast factor, uniform in 1 +- C"
+        "--aug-contrast", type=number(0, 1, high_open=True), default=0.3, help="contrast factor, uniform in 1 +- C"
     )
     g.add_argument(
         "--aug-brightness",
         type=number(0, 1, high_open=True),
-        default=0.0,
+        default=0.1,
         help="brightness offset, uniform in +-B (0..1 scale)",
     )
     g.add_argument("--aug-blur-p", type=probability, default=0.0, help="probability of a Gaussian blur")
@@ -266,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="noise std, uniform in [0, STD] (0..1 scale)",
     )
     g.add_argument(
-        "--aug-erase-p", type=probability, default=0.0, help="probability of erasing a rectangle (2-20%% of the image)"
+        "--aug-erase-p", type=probability, default=0.25, help="probability of erasing a rectangle (2-20%% of the image)"
     )
     g.add_argument(
         "--tta",

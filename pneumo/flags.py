@@ -27,10 +27,11 @@ class FlagError(PneumoError):
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, except that a mistake raises FlagError (one `error:` line in the CLIs) instead of
-    printing usage and exiting."""
+    printing usage and exiting. Flags are never abbreviated: a typo such as `--epoch 3` is an
+    error, not a silent `--epochs 3`."""
 
     def __init__(self, **kwargs) -> None:
-        super().__init__(exit_on_error=False, **kwargs)
+        super().__init__(exit_on_error=False, allow_abbrev=False, **kwargs)
 
     def parse_known_args(self, args=None, namespace=None):
         try:

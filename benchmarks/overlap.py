@@ -32,12 +32,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pneumo.cache import decode_dataset
-from pneumo.config import default_cache_dir
-from pneumo.dataset import scan
-from pneumo.images import decode
-from pneumo.overlap import HASH_SIZE, NEAR_DISTANCE, check_overlap, hamming, phash
-from pneumo.splits import build_splits
+from pneumo.data.cache import decode_dataset, default_cache_dir
+from pneumo.data.dataset import scan
+from pneumo.data.images import decode
+from pneumo.data.overlap import HASH_SIZE, NEAR_DISTANCE, check_overlap, hamming, phash
+from pneumo.data.splits import build_splits
 
 DISTINCT_CORRELATION = 0.98
 

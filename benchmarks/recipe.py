@@ -38,7 +38,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pneumo.fsutil import atomic_write_json, atomic_write_text  # noqa: E402
+from pneumo.utils.fsutil import atomic_write_json, atomic_write_text  # noqa: E402
 
 RECIPES = ROOT / "benchmarks" / "recipes"
 RESULTS = ROOT / "benchmarks" / "results"

@@ -30,7 +30,7 @@ and over time that a shared machine shows.
             the ratio compares total images per second (with --device cuda, process k uses
             GPU k mod the GPU count).
 
-Torch threads come from pneumo.distributed.set_threads(0), as in train.py; autocast is
+Torch threads come from pneumo.training.distributed.set_threads(0), as in train.py; autocast is
 torch.autocast(device, bf16) for every pipeline alike. Peak memory is this process's RSS plus
 the private memory (USS) of its DataLoader or decode workers, sampled with psutil (without
 psutil: getrusage's peaks of the process and its largest child); the 2-process row adds
@@ -67,16 +67,17 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
-from pneumo.augment import prepare_batch  # noqa: E402
-from pneumo.cache import DecodedImages, decode_dataset, norm_stats  # noqa: E402
 from pneumo.config import parse_args as train_args  # noqa: E402
-from pneumo.dataset import scan  # noqa: E402
-from pneumo.distributed import available_cpus, set_threads  # noqa: E402
-from pneumo.engine import EpochTotals, Trainable, predict, train_one_epoch  # noqa: E402
-from pneumo.ensemble import mean_probs  # noqa: E402
-from pneumo.loader import PixelDataset, eval_batches, make_loader, train_batches  # noqa: E402
-from pneumo.models import create_model  # noqa: E402
-from pneumo.trainer import build_trainable  # noqa: E402
+from pneumo.data.augment import prepare_batch  # noqa: E402
+from pneumo.data.cache import DecodedImages, decode_dataset, norm_stats  # noqa: E402
+from pneumo.data.dataset import scan  # noqa: E402
+from pneumo.data.loader import PixelDataset, eval_batches, make_loader, train_batches  # noqa: E402
+from pneumo.evaluation.ensemble import mean_probs  # noqa: E402
+from pneumo.models.factory import create_model  # noqa: E402
+from pneumo.models.inference import predict  # noqa: E402
+from pneumo.training.distributed import available_cpus, set_threads  # noqa: E402
+from pneumo.training.engine import EpochTotals, Trainable, train_one_epoch  # noqa: E402
+from pneumo.training.trainer import build_trainable  # noqa: E402
 
 SAMPLE_IMAGES = ROOT.parent / "shared" / "data" / "chest_xray_fullres_sample"
 ENSEMBLE_MODELS = 5
@@ -589,7 +590,7 @@ def _met(value: float, target: float | None) -> bool | None:
 
 def large_synthetic_images(root: Path, n_per_class: int = 60, seed: int = 0) -> Path:
     """Synthetic X-ray-like JPEGs at full resolution (long side 1500-2000 px) in ImageFolder layout."""
-    from pneumo.synthetic import generate
+    from pneumo.data.synthetic import generate
 
     small = root / "small"
     generate(small, counts={"train": (n_per_class, n_per_class)}, seed=seed)

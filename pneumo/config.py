@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from pneumo.errors import PneumoError
+from pneumo.data.cache import default_cache_dir
 from pneumo.flags import (
     ArgumentParser,
     FlagError,
@@ -27,6 +25,7 @@ from pneumo.flags import (
     timm_model,
     timm_optimizer,
 )
+from pneumo.utils.errors import PneumoError
 
 # Keys that change where or how fast a run goes, never its numbers: ignored when a run
 # directory's recorded config is compared with a new invocation (resume).
@@ -55,13 +54,6 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default in (None, False):
             return action.help or ""
         return super()._get_help_string(action)
-
-
-def default_cache_dir() -> Path:
-    """$PNEUMO_CACHE, else $XDG_CACHE_HOME/pneumo, else ~/.cache/pneumo."""
-    if os.environ.get("PNEUMO_CACHE"):
-        return Path(os.environ["PNEUMO_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "pneumo"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -460,18 +452,11 @@ def validate(args: argparse.Namespace) -> None:
     architecture than --model (values alone were checked when parsed)."""
     check_together(args)
     if args.pretrained_file:
-        from pneumo.models import create_model
+        from pneumo.models.factory import create_model
 
         # Seconds now rather than after decoding the data set: weights of another
         # architecture are refused here, naming the file.
         create_model(args.model, pretrained_file=args.pretrained_file)
-
-
-def folds_to_train(config: Namespace | dict[str, Any]) -> list[int]:
-    """The folds a run trains: --train-folds (sorted, once each), or every fold of --folds."""
-    values = vars(config) if isinstance(config, Namespace) else config
-    chosen = values.get("train_folds")
-    return sorted(set(chosen)) if chosen else list(range(int(values["folds"])))
 
 
 def result_keys_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

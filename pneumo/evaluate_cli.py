@@ -14,16 +14,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from pneumo import console
-from pneumo.bootstrap import RESAMPLES
-from pneumo.clinical import SALIENCY_IMAGES
 from pneumo.config import HelpFormatter
-from pneumo.distributed import available_cpus
-from pneumo.errors import PneumoError
-from pneumo.evaluation import evaluate_run, predict_images, split_tables
+from pneumo.evaluation.clinical import SALIENCY_IMAGES
+from pneumo.evaluation.evaluate import evaluate_run, predict_images, split_tables
 from pneumo.flags import ArgumentParser, integer, threshold_policy
-from pneumo.report_site import run_pixels, write_report
-from pneumo.rundir import read_config
+from pneumo.metrics.bootstrap import RESAMPLES
+from pneumo.report.site import run_pixels, write_report
+from pneumo.training.distributed import available_cpus
+from pneumo.utils import console
+from pneumo.utils.errors import PneumoError
+from pneumo.utils.run_files import read_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         check_together(args)
         if args.compare:
-            from pneumo.compare import compare_runs
+            from pneumo.evaluation.compare import compare_runs
 
             runs = [Path(d).expanduser().resolve() for d in args.compare]
             table, written = compare_runs(runs, Path(args.out or "comparison"), args.split)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-from pneumo.errors import PneumoError
+from pneumo.utils.errors import PneumoError
 
 
 class FlagError(PneumoError):
@@ -123,8 +123,8 @@ def timm_optimizer(name: str) -> str:
 
 
 def threshold_policy(text: str) -> str:
-    """An operating-point policy flag type (pneumo.threshold.parse_policy), kept as written."""
-    from pneumo.threshold import parse_policy
+    """An operating-point policy flag type (pneumo.metrics.threshold.parse_policy), kept as written."""
+    from pneumo.metrics.threshold import parse_policy
 
     try:
         parse_policy(text, option="")

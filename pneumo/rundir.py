@@ -12,30 +12,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pneumo.config import result_keys_diff, to_yaml
-from pneumo.errors import PneumoError
-from pneumo.fsutil import atomic_write_json, atomic_write_text, read_json
+from pneumo.utils.errors import PneumoError
+from pneumo.utils.fsutil import atomic_write_json, atomic_write_text, read_json
+from pneumo.utils.run_files import CONFIG, FOLDS, RUN_INFO, read_config
 
-CONFIG = "config.yaml"
-FOLDS = "folds.json"
-RUN_INFO = "run_info.json"
 PACKAGES = ("torch", "torchvision", "timm", "accelerate", "scikit-learn", "numpy", "pillow", "safetensors")
-
-
-def read_config(run_dir: Path) -> dict[str, Any]:
-    """The resolved config a run was started with."""
-    path = run_dir / CONFIG
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise PneumoError(f"{run_dir} is not a pneumo run directory (no {CONFIG})") from exc
-    except yaml.YAMLError as exc:
-        raise PneumoError(f"{path}: corrupt ({exc}); rerun with --overwrite") from exc
-    if not isinstance(loaded, dict):
-        raise PneumoError(f"{path}: corrupt (not a mapping); rerun with --overwrite")
-    return loaded
 
 
 def decide(run_dir: Path, config: dict[str, Any], *, resume: bool, overwrite: bool) -> str:

@@ -10,76 +10,25 @@ from pathlib import Path
 
 from rich.console import Group
 
-from pneumo import console, rundir
-from pneumo.audit import audit, audit_table
-from pneumo.cache import decode_dataset, describe
-from pneumo.clinical import add_clinical, clinical_tables
-from pneumo.config import default_cache_dir, folds_to_train, validate
-from pneumo.dataset import Layout, check_folds, label_conflicts, scan
-from pneumo.distributed import available_cpus, folds_for_process, make_accelerator, set_threads, wait_for
-from pneumo.errors import NonFiniteLossError, PneumoError
-from pneumo.fsutil import atomic_write_json, check_writable, read_json
-from pneumo.images import Preprocess
-from pneumo.overlap import check_overlap
-from pneumo.report import SUMMARY, build_results, read_fold_results, summary_table
-from pneumo.report_site import pixels_from, write_report
-from pneumo.splits import build_splits
-from pneumo.trainer import RESULT, STATE, FoldEnv, fold_dir, train_fold
+from pneumo import rundir
+from pneumo.config import validate
+from pneumo.data.audit import audit, audit_table
+from pneumo.data.dataset import check_folds, scan
+from pneumo.data.overlap import check_overlap
+from pneumo.data.prepare import decode_images, resolve_data_dir, unusable_images
+from pneumo.data.splits import build_splits
+from pneumo.evaluation.clinical import add_clinical, clinical_tables
+from pneumo.evaluation.results import build_results, read_fold_results, summary_table
+from pneumo.report.site import pixels_from, write_report
+from pneumo.training.distributed import available_cpus, folds_for_process, make_accelerator, set_threads, wait_for
+from pneumo.training.trainer import FoldEnv, train_fold
+from pneumo.utils import console
+from pneumo.utils.errors import NonFiniteLossError, PneumoError
+from pneumo.utils.fsutil import atomic_write_json, check_writable, read_json
+from pneumo.utils.run_files import AUDIT, OVERLAP, RESULT, SKIPPED, STATE, SUMMARY, fold_dir, folds_to_train
 
-SKIPPED = "skipped_images.json"
-AUDIT = "audit.json"
-OVERLAP = "overlap.json"
 EXIT_OK = 0
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped on request with state saved; run again to resume
-
-
-def resolve_data_dir(data_dir: str | None) -> tuple[Path, bool]:
-    """The user's --data-dir, or the built-in synthetic set (generated once, cached)."""
-    if data_dir:
-        return Path(data_dir).expanduser().resolve(), False
-    from pneumo.synthetic import default_dataset
-
-    return default_dataset(default_cache_dir()), True
-
-
-def decode_images(layout: Layout, args: Namespace, workers: int):
-    """Decode every image of the layout once (through the cache unless --no-cache), with progress."""
-    files = list(layout.all_files().files)
-    cache_dir = None if args.no_cache else Path(args.cache_dir or default_cache_dir()).expanduser()
-    with console.progress() as bar:
-        task = bar.add_task("decoding images", total=len(files))
-        decoded = decode_dataset(
-            layout.root,
-            files,
-            args.image_size,
-            cache_dir=cache_dir,
-            workers=workers,
-            pre=Preprocess.from_dict(vars(args)),
-            progress=lambda n: bar.advance(task, n),
-        )
-    console.log(describe(decoded))
-    return decoded
-
-
-def unusable_images(layout: Layout, decoded, policy: str) -> dict[str, str]:
-    """Every file that cannot be used and why; with policy 'error' that stops the run here.
-
-    Byte-identical copies filed under different classes (an ambiguous label) are unusable
-    too: they are marked in `decoded.errors`, so the folds and evaluation leave them out.
-    """
-    index = decoded.index_of()
-    readable = {f: decoded.sha1[i] for f, i in index.items() if i not in decoded.errors}
-    for f, why in label_conflicts(layout, readable).items():
-        decoded.errors[index[f]] = why
-    bad = {**layout.not_images, **decoded.bad_files()}
-    if bad and policy == "error":
-        lines = "\n".join(f"  {layout.root / f}: {why}" for f, why in sorted(bad.items()))
-        raise PneumoError(
-            f"{len(bad)} unusable file(s) in {layout.root} (fix or remove them, or pass --on-bad-image skip):\n{lines}"
-        )
-    for f, why in sorted(bad.items()):
-        console.warn(f"skipping {f}: {why}")
-    return bad
 
 
 def run_training(args: Namespace, should_stop=lambda: False) -> int:

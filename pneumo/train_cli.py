@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 
 from pneumo.config import parse_args
-from pneumo.errors import PneumoError
-from pneumo.preempt import StopFlag, requeue_if_asked
 from pneumo.runner import EXIT_STOPPED, run_training
+from pneumo.training.preempt import StopFlag, requeue_if_asked
+from pneumo.utils.errors import PneumoError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pneumo.synthetic import generate
+from pneumo.data.synthetic import generate
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_COUNTS = {"train": (12, 24), "val": (2, 2), "test": (6, 6)}

@@ -13,8 +13,8 @@ import pytest
 from conftest import ROOT, train
 from PIL import Image, ImageFilter
 
-from pneumo.audit import audit, file_statistics, jpeg_quality, pixel_statistics
-from pneumo.cache import decode_dataset
+from pneumo.data.audit import audit, file_statistics, jpeg_quality, pixel_statistics
+from pneumo.data.cache import decode_dataset
 
 
 @pytest.mark.parametrize("quality", [50, 75, 90, 95])

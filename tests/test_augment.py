@@ -8,8 +8,16 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from pneumo.augment import FLIP_P, MAX_DEGREES, AugmentParams, AugmentSpec, affine_theta, prepare_batch, sample_params
 from pneumo.config import parse_args
+from pneumo.data.augment import (
+    FLIP_P,
+    MAX_DEGREES,
+    AugmentParams,
+    AugmentSpec,
+    affine_theta,
+    prepare_batch,
+    sample_params,
+)
 
 
 def _pixels(n: int = 4, size: int = 32, seed: int = 0) -> torch.Tensor:

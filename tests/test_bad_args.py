@@ -19,11 +19,11 @@ from conftest import ROOT, run_cli, train_args
 from PIL import Image
 from safetensors.torch import save_file
 
-from pneumo.checkpoint import save_weights
 from pneumo.config import parse_args, validate
-from pneumo.errors import PneumoError
-from pneumo.models import create_model
-from pneumo.preempt import StopFlag
+from pneumo.models.checkpoint import save_weights
+from pneumo.models.factory import create_model
+from pneumo.training.preempt import StopFlag
+from pneumo.utils.errors import PneumoError
 
 
 def _cli(name: str) -> ModuleType:

@@ -23,12 +23,12 @@ import pytest
 from conftest import train
 from PIL import Image
 
-from pneumo.cache import decode_dataset, decode_file
-from pneumo.dataset import check_folds, expand_image_paths, label_conflicts, scan
-from pneumo.errors import PneumoError
-from pneumo.folds import make_folds
-from pneumo.images import decode
-from pneumo.synthetic import generate
+from pneumo.data.cache import decode_dataset, decode_file
+from pneumo.data.dataset import check_folds, expand_image_paths, label_conflicts, scan
+from pneumo.data.folds import make_folds
+from pneumo.data.images import decode
+from pneumo.data.synthetic import generate
+from pneumo.utils.errors import PneumoError
 
 SIZE = 32
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0

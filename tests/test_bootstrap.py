@@ -13,7 +13,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from pneumo.bootstrap import METRICS, bootstrap_metrics, patient_clusters, weighted_metrics
+from pneumo.metrics.bootstrap import METRICS, bootstrap_metrics, patient_clusters, weighted_metrics
 
 
 def _data(n: int, seed: int = 0, images_per_patient: int = 1):

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from pneumo import cache
-from pneumo.cache import cache_key, decode_dataset
-from pneumo.images import decode
-from pneumo.loader import PixelDataset
-from pneumo.synthetic import generate
+from pneumo.data import cache
+from pneumo.data.cache import cache_key, decode_dataset
+from pneumo.data.images import decode
+from pneumo.data.loader import PixelDataset
+from pneumo.data.synthetic import generate
 
 SIZE = 48
 
@@ -150,7 +150,7 @@ _BUILDER = """
 import hashlib, json, os, sys, time
 from pathlib import Path
 import numpy as np
-from pneumo import cache
+from pneumo.data import cache
 
 root, cache_dir, files, size, log, go = sys.argv[1:7]
 real = cache._decode_all

@@ -8,12 +8,7 @@ import pytest
 from scipy.special import expit, logit
 from sklearn.calibration import calibration_curve
 
-from pneumo.calibration import (
-    balance_prior,
-    calibrate,
-    expected_calibration_error,
-    fit_calibrator,
-)
+from pneumo.metrics.calibration import balance_prior, calibrate, expected_calibration_error, fit_calibrator
 
 
 def test_ece_of_a_perfectly_calibrated_predictor_is_near_zero():

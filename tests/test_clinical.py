@@ -14,8 +14,8 @@ from conftest import run_cli
 from sklearn.metrics import roc_curve
 
 from pneumo.config import parse_args, validate
-from pneumo.errors import PneumoError
-from pneumo.trainer import build_trainable
+from pneumo.training.build import build_trainable
+from pneumo.utils.errors import PneumoError
 
 
 def _table(path):

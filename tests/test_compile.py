@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import read_jsonl, train
 
-from pneumo.checkpoint import load_weights_file
+from pneumo.models.checkpoint import load_weights_file
 
 FOLDS = 2
 # Batches of 10 split both 20-image folds evenly: no extra compile for a smaller last batch.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pneumo.config import parse_args, result_keys_diff
-from pneumo.errors import PneumoError
+from pneumo.utils.errors import PneumoError
 
 
 def test_defaults_are_the_reference_recipe():

@@ -8,7 +8,7 @@ import re
 import pytest
 from rich.console import Console
 
-from pneumo import console
+from pneumo.utils import console
 
 PLAIN = re.compile(
     r"^(\[rank (\d)\] )?fold (\d) epoch (\d+)/(\d+) step (\d+)/(\d+) loss \d+\.\d{4} [\d.]+ img/s ETA \d+:\d\d:\d\d$"

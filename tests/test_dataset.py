@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from pneumo.dataset import scan
-from pneumo.errors import PneumoError
+from pneumo.data.dataset import scan
+from pneumo.utils.errors import PneumoError
 
 
 def _make(root, layout: dict[str, dict[str, int]]) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from pneumo.synthetic import generate
+from pneumo.data.synthetic import generate
 
 # The demo's recipe scaled down: fewer images and folds, a tiny ResNet, smaller images.
 COUNTS = {"train": (40, 80), "test": (10, 10)}

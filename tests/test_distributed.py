@@ -11,7 +11,7 @@ from conftest import ROOT, cli_env, launch_command
 
 PROBE = (
     "import json, os\n"
-    "from pneumo.distributed import cpu_share, single_process_cpu_launch\n"
+    "from pneumo.training.distributed import cpu_share, single_process_cpu_launch\n"
     "print('PROBE', json.dumps({'rank': os.environ.get('RANK'), 'single': single_process_cpu_launch(),"
     " 'share': cpu_share()}), flush=True)\n"
 )
@@ -44,3 +44,32 @@ def test_two_process_launch_forms_ranks_and_splits_the_cpus(tmp_path):
 def test_plain_python_is_not_mistaken_for_the_cpu_launcher(tmp_path):
     (seen,) = _probe(tmp_path, [sys.executable])
     assert seen["single"] is False and seen["rank"] is None
+
+
+WARN_PROBE = (
+    "import sys\n"
+    "import pneumo.training.distributed as d\n"
+    "d.cpu_has_native_bf16 = lambda: sys.argv[1] == 'native'\n"
+    "d.make_accelerator(sys.argv[2])\n"
+)
+
+
+def _accelerator_warnings(tmp_path, cpu: str, mixed_precision: str) -> str:
+    script = tmp_path / "warn.py"
+    script.write_text(f"import sys\nsys.path.insert(0, {str(ROOT)!r})\n" + WARN_PROBE)
+    env = cli_env({"CUDA_VISIBLE_DEVICES": ""})
+    proc = subprocess.run(
+        [sys.executable, str(script), cpu, mixed_precision], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout + proc.stderr
+
+
+def test_bf16_on_a_cpu_that_emulates_it_is_a_warning_naming_the_fix(tmp_path):
+    out = _accelerator_warnings(tmp_path, "emulated", "bf16")
+    assert "bf16 autocast on a CPU without AVX-512 BF16 or AMX" in out and "--mixed-precision no" in out
+
+
+def test_bf16_on_a_native_cpu_and_float32_anywhere_are_not_warned_about(tmp_path):
+    assert "WARNING" not in _accelerator_warnings(tmp_path, "native", "bf16")
+    assert "WARNING" not in _accelerator_warnings(tmp_path, "emulated", "no")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from pneumo.engine import EpochTotals, Trainable, train_one_epoch
+from pneumo.training.engine import EpochTotals, Trainable, train_one_epoch
 
 N_BATCHES, LR, MIN_LR = 8, 1e-3, 1e-4
 

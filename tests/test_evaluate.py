@@ -12,8 +12,8 @@ import pytest
 from conftest import TINY_COUNTS, run_cli
 from PIL import Image
 
-from pneumo.errors import PneumoError
-from pneumo.evaluation import check_not_in_pool
+from pneumo.evaluation.evaluate import check_not_in_pool
+from pneumo.utils.errors import PneumoError
 
 
 def test_evaluate_reproduces_results_from_checkpoints(run_two, cache_dir):

@@ -15,12 +15,12 @@ import torch
 from conftest import ROOT, TRAIN_ARGS, cli_env, launch_command, run_cli, train, train_args
 from torch import nn
 
-import pneumo.trainer
-from pneumo.checkpoint import load_state, load_weights_file
+import pneumo.training.trainer
 from pneumo.config import parse_args
-from pneumo.errors import PneumoError
-from pneumo.fsutil import atomic_write_bytes
+from pneumo.models.checkpoint import load_state, load_weights_file
 from pneumo.runner import run_training
+from pneumo.utils.errors import PneumoError
+from pneumo.utils.fsutil import atomic_write_bytes
 
 
 class _NanAfter(nn.Module):
@@ -38,7 +38,7 @@ class _NanAfter(nn.Module):
 
 def test_nan_loss_stops_only_that_fold_and_keeps_its_last_good_checkpoint(tiny_data, cache_dir, tmp_path, monkeypatch):
     current = {}
-    real_seeds, real_build = pneumo.trainer.fold_seeds, pneumo.trainer.build_trainable
+    real_seeds, real_build = pneumo.training.trainer.fold_seeds, pneumo.training.trainer.build_trainable
 
     def seeds(seed: int, fold: int):
         current["fold"] = fold
@@ -50,8 +50,8 @@ def test_nan_loss_stops_only_that_fold_and_keeps_its_last_good_checkpoint(tiny_d
             t.criterion = _NanAfter(t.criterion, after=n_steps + 1)  # NaN at step 2 of epoch 2
         return t
 
-    monkeypatch.setattr(pneumo.trainer, "fold_seeds", seeds)
-    monkeypatch.setattr(pneumo.trainer, "build_trainable", build)
+    monkeypatch.setattr(pneumo.training.trainer, "fold_seeds", seeds)
+    monkeypatch.setattr(pneumo.training.trainer, "build_trainable", build)
     out = tmp_path / "nan"
     args = parse_args(train_args(tiny_data, out, cache_dir)[1:])
     assert run_training(args) == 0
@@ -105,7 +105,7 @@ def test_atomic_write_keeps_the_old_file_when_the_disk_fills(tmp_path, monkeypat
     def full_disk(*_args):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("pneumo.fsutil.os.replace", full_disk)
+    monkeypatch.setattr("pneumo.utils.fsutil.os.replace", full_disk)
     with pytest.raises(PneumoError, match="No space left on device"):
         atomic_write_bytes(target, b"new")
     assert target.read_text() == "old"

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pneumo.errors import PneumoError
-from pneumo.folds import folds_record, group_ids, make_folds, patient_key
+from pneumo.data.folds import folds_record, group_ids, make_folds, patient_key
+from pneumo.utils.errors import PneumoError
 
 CLASSES = ("NORMAL", "PNEUMONIA")
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumo.images import decode
+from pneumo.data.images import decode
 
 
 def _encode(img: Image.Image, fmt: str) -> bytes:

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from pneumo.metrics import classification_metrics, epoch_metrics, mean_std, report_text
+from pneumo.metrics.classification import classification_metrics, epoch_metrics, mean_std, report_text
 
 CLASSES = ("NORMAL", "PNEUMONIA")
 

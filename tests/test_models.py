@@ -9,8 +9,8 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from pneumo.errors import PneumoError
-from pneumo.models import create_model, set_head_only, train_mode
+from pneumo.models.factory import create_model, set_head_only, train_mode
+from pneumo.utils.errors import PneumoError
 
 
 def test_head_is_dropout_then_two_class_linear():

@@ -19,14 +19,14 @@ import scipy.fft
 from conftest import TINY_COUNTS, train
 from PIL import Image
 
-from pneumo.cache import decode_dataset
-from pneumo.dataset import scan
-from pneumo.errors import PneumoError
-from pneumo.overlap import check_overlap, phash
-from pneumo.splits import build_splits
-from pneumo.synthetic import generate
+from pneumo.data.cache import decode_dataset
+from pneumo.data.dataset import scan
+from pneumo.data.overlap import check_overlap, phash
+from pneumo.data.splits import build_splits
+from pneumo.data.synthetic import generate
+from pneumo.utils.errors import PneumoError
 
-SIZE = 128  # the hash is calibrated from 128 px (pneumo.overlap.RELIABLE_SIZE)
+SIZE = 128  # the hash is calibrated from 128 px (pneumo.data.overlap.RELIABLE_SIZE)
 EXACT = "test/PNEUMONIA/planted_exact.jpeg"
 REENCODED = "test/NORMAL/planted_reencoded.jpeg"
 COPIES = {EXACT, REENCODED}

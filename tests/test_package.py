@@ -15,7 +15,7 @@ import pytest
 from conftest import ROOT
 from packaging.requirements import Requirement
 
-from pneumo import evaluate_cli, train_cli
+from pneumo import audit, evaluate_cli, train_cli
 
 # How the package uses each dependency: the module it imports. torchvision is imported by timm,
 # not by pneumo; it is pinned beside torch because an unpinned one would pull in another torch.
@@ -36,7 +36,11 @@ IMPORTED_AS = {
     "captum": "captum",
 }
 PINNED_ONLY = {"torchvision"}
-SCRIPTS = {"pneumo-train": "pneumo.train_cli:main", "pneumo-evaluate": "pneumo.evaluate_cli:main"}
+SCRIPTS = {
+    "pneumo-train": "pneumo.train_cli:main",
+    "pneumo-evaluate": "pneumo.evaluate_cli:main",
+    "pneumo-audit": "pneumo.audit:main",
+}
 
 
 def _requirements_txt() -> list[str]:
@@ -83,7 +87,7 @@ def test_the_wheel_installs_the_console_scripts(wheel):
 
 def test_the_wheel_holds_every_module(wheel):
     modules = {n for n in wheel.namelist() if n.startswith("pneumo/")}
-    assert modules == {f"pneumo/{p.name}" for p in (ROOT / "pneumo").glob("*.py")}
+    assert modules == {p.relative_to(ROOT).as_posix() for p in (ROOT / "pneumo").rglob("*.py")}
 
 
 def test_torch_and_torchvision_are_pinned():
@@ -94,12 +98,12 @@ def test_torch_and_torchvision_are_pinned():
 def test_every_dependency_is_used_by_the_package():
     names = {Requirement(r).name.lower() for r in _requirements_txt()}
     assert names == set(IMPORTED_AS) | PINNED_ONLY
-    source = "\n".join(p.read_text() for p in (ROOT / "pneumo").glob("*.py"))
+    source = "\n".join(p.read_text() for p in (ROOT / "pneumo").rglob("*.py"))
     for name, module in IMPORTED_AS.items():
         assert re.search(rf"^\s*(from|import) {re.escape(module)}\b", source, re.MULTILINE), name
 
 
-@pytest.mark.parametrize("main", [train_cli.main, evaluate_cli.main])
+@pytest.mark.parametrize("main", [train_cli.main, evaluate_cli.main, audit.main])
 def test_cli_mains_answer_help(main, capsys):
     with pytest.raises(SystemExit) as info:
         main(["--help"])

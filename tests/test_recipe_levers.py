@@ -15,14 +15,14 @@ from conftest import train
 from PIL import Image, ImageOps
 from torch import nn
 
-from pneumo.cache import cache_key
-from pneumo.checkpoint import load_weights_file
 from pneumo.config import parse_args
-from pneumo.engine import predict
-from pneumo.images import Preprocess, decode, equalize
-from pneumo.mixing import MixSpec, cutmix_box, mix_batch
-from pneumo.models import create_model
-from pneumo.trainer import make_scheduler
+from pneumo.data.cache import cache_key
+from pneumo.data.images import Preprocess, decode, equalize
+from pneumo.data.mixing import MixSpec, cutmix_box, mix_batch
+from pneumo.models.checkpoint import load_weights_file
+from pneumo.models.factory import create_model
+from pneumo.models.inference import predict
+from pneumo.training.build import make_scheduler
 
 
 def _batch(n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:

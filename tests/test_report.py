@@ -11,10 +11,10 @@ import yaml
 from rich.console import Console
 
 from pneumo import evaluate_cli
-from pneumo.errors import PneumoError
-from pneumo.metrics import mean_std
-from pneumo.predictions import read_predictions, write_predictions
-from pneumo.report import SPREAD, build_results, metrics_table
+from pneumo.data.predictions import read_predictions, write_predictions
+from pneumo.evaluation.results import SPREAD, build_results, metrics_table
+from pneumo.metrics.classification import mean_std
+from pneumo.utils.errors import PneumoError
 
 CLASSES = ("NORMAL", "PNEUMONIA")
 

@@ -13,7 +13,7 @@ from conftest import read_jsonl, run_cli
 from PIL import Image
 from sklearn.metrics import classification_report
 
-from pneumo.predictions import read_predictions
+from pneumo.data.predictions import read_predictions
 
 CLASSES = ["NORMAL", "PNEUMONIA"]
 N_FOLDS = 5

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, cli_env, launch_command, read_jsonl, run_cli, train_args
 
-from pneumo.synthetic import generate
+from pneumo.data.synthetic import generate
 
 # Long enough epochs (~1 s) that a kill timed at half an epoch lands mid-epoch.
 RESUME_ARGS = ("--model", "resnet18", "--image-size", "48", "--folds", "2", "--epochs", "3")

@@ -6,10 +6,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pneumo.augment import prepare_batch
-from pneumo.ensemble import FoldModel
-from pneumo.models import create_model
-from pneumo.saliency import ensemble_cam, grad_cam, pick_images
+from pneumo.data.augment import prepare_batch
+from pneumo.evaluation.saliency import ensemble_cam, grad_cam, pick_images
+from pneumo.models.factory import create_model
+from pneumo.models.fold_model import FoldModel
 
 
 def _model(seed: int) -> torch.nn.Module:

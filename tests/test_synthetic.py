@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumo.synthetic import DEFAULT_COUNTS, SYNTHETIC_VERSION, default_dataset, generate
+from pneumo.data.synthetic import DEFAULT_COUNTS, SYNTHETIC_VERSION, default_dataset, generate
 
 SMALL = {"train": (8, 12), "val": (2, 3), "test": (5, 6)}
 CLASSES = ("NORMAL", "PNEUMONIA")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_curve
 
-from pneumo.errors import PneumoError
-from pneumo.threshold import choose_threshold, parse_policy
+from pneumo.metrics.threshold import choose_threshold, parse_policy
+from pneumo.utils.errors import PneumoError
 
 
 @pytest.fixture

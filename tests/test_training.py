@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from conftest import TRAIN_ARGS, read_jsonl, run_cli
 
-from pneumo.checkpoint import load_state
-from pneumo.metrics import classification_metrics
-from pneumo.predictions import read_predictions
+from pneumo.data.predictions import read_predictions
+from pneumo.metrics.classification import classification_metrics
+from pneumo.models.checkpoint import load_state
 
 N_FOLDS = 5
 CLASSES = ["NORMAL", "PNEUMONIA"]

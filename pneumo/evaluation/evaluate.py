@@ -1,0 +1,197 @@
+"""Re-evaluate a finished run's fold ensemble on a split, or predict arbitrary images."""
+
+from __future__ import annotations
+
+import os
+from argparse import Namespace
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+from rich.console import Group
+from rich.table import Table
+
+from pneumo.data.cache import decode_file
+from pneumo.data.dataset import expand_image_paths, scan_split
+from pneumo.data.images import Preprocess
+from pneumo.data.loader import PixelDataset, eval_batches, make_loader
+from pneumo.data.predictions import write_predictions
+from pneumo.data.prepare import decode_images, unusable_images
+from pneumo.evaluation.clinical import SplitPredictions, clinical_section, clinical_tables
+from pneumo.evaluation.ensemble import mean_probs
+from pneumo.evaluation.results import SPREAD, evaluate_split, metrics_table, write_split_predictions
+from pneumo.metrics.classification import report_text
+from pneumo.models.fold_model import FoldModel, load_fold_model
+from pneumo.models.inference import predict
+from pneumo.training.distributed import available_cpus, make_accelerator, set_threads
+from pneumo.utils import console
+from pneumo.utils.errors import PneumoError
+from pneumo.utils.fsutil import atomic_write_json, atomic_write_text, read_json
+from pneumo.utils.run_files import BEST, CONFIG, FOLDS, RESULT, SUMMARY, fold_dir, folds_to_train, read_config
+
+IN_POOL = "in-pool: optimistic"
+
+
+def _done_folds(run_dir: Path, folds: list[int]) -> list[int]:
+    missing = [k for k in folds if not (fold_dir(run_dir, k) / RESULT).exists()]
+    if missing:
+        raise PneumoError(f"{run_dir}: fold(s) {missing} have not finished; resume the run (train.py) first")
+    return [k for k in folds if read_json(fold_dir(run_dir, k) / RESULT)["status"] == "done"]
+
+
+def _run_config(run_dir: Path) -> dict:
+    """The run's config.yaml, with the keys evaluation needs."""
+    config = read_config(run_dir)
+    lacking = [k for k in ("folds", "model", "data_dir", "mixed_precision") if k not in config]
+    if lacking:
+        raise PneumoError(f"{run_dir / CONFIG}: lacks {lacking}; not a config written by train.py")
+    return config
+
+
+def _load_models(run_dir: Path, config: dict, device: torch.device) -> list[FoldModel]:
+    folds = _done_folds(run_dir, folds_to_train(config))
+    return [load_fold_model(fold_dir(run_dir, k) / BEST, device, expect_model=config["model"]) for k in folds]
+
+
+def pool_splits(run_dir: Path) -> set[str]:
+    """The splits of the run's data dir whose images formed its cross-validation pool."""
+    return {PurePosixPath(f).parts[0] for f in read_json(run_dir / FOLDS)["files"]}
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def check_not_in_pool(run_dir: Path, config: dict, data_dir: Path, split: str, allow: bool) -> bool:
+    """Whether `split` of `data_dir` was in the run's pool (then metrics on it are optimistic).
+
+    Refused unless `allow`: every fold model but one trained on each of its images, and the
+    epochs were chosen on them.
+    """
+    if not (_same_dir(data_dir, Path(config["data_dir"])) and split in pool_splits(run_dir)):
+        return False
+    if not allow:
+        raise PneumoError(
+            f"--split {split}: {data_dir / split} was part of this run's cross-validation pool (see "
+            f"{run_dir / FOLDS}): every fold model but one trained on its images and each picked its epoch "
+            "on them, so its metrics would be optimistic. Evaluate test/ or an external set, or pass "
+            "--allow-pool-split to evaluate it anyway (labelled in-pool)"
+        )
+    console.warn(f"{split} was in the cross-validation pool: {IN_POOL} (--allow-pool-split)")
+    return True
+
+
+def evaluate_run(run_dir: Path, args: Namespace) -> dict:
+    """Each fold model and the ensemble on `args.split`; written to run_dir/evaluation/<split>/.
+
+    Only DATA_DIR/<split> is scanned and decoded. A split of the run's own pool is refused
+    unless `args.allow_pool_split`, and then labelled in-pool.
+    """
+    config = _run_config(run_dir)
+    data_dir = Path(args.data_dir or config["data_dir"]).expanduser().resolve()
+    in_pool = check_not_in_pool(run_dir, config, data_dir, args.split, args.allow_pool_split)
+    accelerator = make_accelerator(args.mixed_precision or config["mixed_precision"])
+    set_threads(args.threads)
+    models = _load_models(run_dir, config, accelerator.device)
+    layout = scan_split(data_dir, args.split, tuple(models[0].meta["classes"]))
+    if layout.ignored_note():
+        console.log(layout.ignored_note())
+    if not len(layout.splits[args.split]):
+        raise PneumoError(f"--split {args.split}: {data_dir / args.split} holds no .jpeg/.jpg/.png images")
+    classes, positive = layout.classes, int(models[0].meta["positive"])
+    args.image_size = int(models[0].meta["image_size"])
+    pre = Preprocess.from_dict(models[0].meta)
+    args.equalize, args.jpeg_quality, args.crop = pre.equalize, pre.jpeg_quality, pre.crop
+    decoded = decode_images(layout, args, args.workers if args.workers >= 0 else available_cpus())
+    unusable_images(layout, decoded, args.on_bad_image)
+    index = decoded.index_of()
+    idx = np.asarray([index[f] for f in layout.splits[args.split].files if index[f] not in decoded.errors])
+    files = [decoded.files[i] for i in idx]
+    labels = layout.splits[args.split].labels[[layout.splits[args.split].files.index(f) for f in files]]
+    loader = make_loader(PixelDataset(decoded), eval_batches(idx, args.batch_size), accelerator.device, 0)
+    tta = models[0].meta.get("tta", "none")
+    per_fold = predict([(m.model, m.norm) for m in models], loader, accelerator.device, accelerator.autocast, tta)
+    folds = [m.fold for m in models]
+    section = {
+        "split": args.split,
+        "data_dir": str(layout.root),
+        "in_pool": in_pool,
+        **({"label": IN_POOL} if in_pool else {}),
+        **evaluate_split(files, labels, per_fold, folds, classes, positive),
+    }
+    out = run_dir / "evaluation" / args.split
+    section["clinical"] = clinical_section(
+        run_dir,
+        folds,
+        {args.split: SplitPredictions(files, labels, per_fold, folds)},
+        classes,
+        positive,
+        config,
+        out_dir=out,
+        policy=args.threshold_policy,
+        resamples=args.bootstrap_resamples,
+        models=models,
+        decoded=decoded,
+        saliency_images=args.saliency_images,
+    )
+    atomic_write_json(out / "results.json", section)
+    atomic_write_text(out / SUMMARY, console.render_text(Group(*split_tables(run_dir.name, section))))
+    atomic_write_text(out / "classification_report.txt", report_text(labels, mean_probs(per_fold), classes))
+    write_split_predictions(out / "predictions.csv", files, labels, per_fold, folds, classes, positive)
+    console.log(f"{args.split}: ensemble of folds {folds} on {len(files)} images -> {out}")
+    return section
+
+
+def split_tables(name: str, section: dict) -> list[Table]:
+    """Per fold, mean ± std and ensemble on the split at 0.5; then the clinical tables."""
+    rows = [(f"fold {k}", [m]) for k, m in section["folds"].items()]
+    rows += [(SPREAD, [section["fold_mean_std"]]), ("ensemble", [section["ensemble"]])]
+    label = f" ({section['label']})" if section.get("in_pool") else ""
+    return [
+        metrics_table(f"{name} on {section['split']}{label}", [section["split"]], rows),
+        *clinical_tables(section["clinical"]),
+    ]
+
+
+def predict_images(run_dir: Path, args: Namespace) -> Path:
+    """Ensemble probabilities for image files/folders; written as CSV to `args.out`."""
+    config = _run_config(run_dir)
+    accelerator = make_accelerator(args.mixed_precision or config["mixed_precision"])
+    set_threads(args.threads)
+    models = _load_models(run_dir, config, accelerator.device)
+    size, classes = int(models[0].meta["image_size"]), models[0].meta["classes"]
+    paths, skipped = expand_image_paths(args.images)
+    if skipped:
+        names = ", ".join(str(p) for p in skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+        console.warn(f"skipping {len(skipped)} non-image, hidden or system file(s) in the folders given: {names}")
+    decoded, bad = [], {}
+    for path in paths:
+        arr, _, err = decode_file(path, size, Preprocess.from_dict(models[0].meta))
+        if arr is None:
+            bad[str(path)] = err
+        else:
+            decoded.append((str(path), arr))
+    if bad and (args.on_bad_image == "error" or not decoded):
+        lines = "\n".join(f"  {p}: {why}" for p, why in bad.items())
+        raise PneumoError(f"--images: {len(bad)} unreadable file(s), nothing written:\n{lines}")
+    for p, why in bad.items():
+        console.warn(f"skipping {p}: {why}")
+    pixels = torch.from_numpy(np.stack([a for _, a in decoded])).unsqueeze(1)
+    batches = [
+        (pixels[i : i + args.batch_size], torch.arange(i, min(i + args.batch_size, len(decoded))))
+        for i in range(0, len(decoded), args.batch_size)
+    ]
+    tta = models[0].meta.get("tta", "none")
+    per_fold = predict([(m.model, m.norm) for m in models], batches, accelerator.device, accelerator.autocast, tta)
+    positive = int(models[0].meta["positive"])
+    out = Path(args.out) if args.out else run_dir / "image_predictions.csv"
+    extra = {
+        f"fold{m.fold}_prob_{classes[positive]}": [repr(float(v)) for v in p[:, positive]]
+        for m, p in zip(models, per_fold)
+    }
+    write_predictions(out, [p for p, _ in decoded], None, mean_probs(per_fold), classes, extra)
+    console.log(f"predicted {len(decoded)} image(s) with the {len(models)}-fold ensemble -> {out}")
+    return out

@@ -1,0 +1,1 @@
+"""Stage 6, report: a finished run read back, its figures, and report/ (HTML, Markdown, TensorBoard images)."""

@@ -1,0 +1,86 @@
+"""What one fold trains with, from the flags: independent seeds from (seed, fold), the model,
+optimiser, per-step schedule, grad scaler, loss, augmentation and mixing, and the weight EMA."""
+
+from __future__ import annotations
+
+import math
+from argparse import Namespace
+
+import numpy as np
+import torch
+from timm.optim import create_optimizer_v2
+from timm.utils import ModelEmaV3
+from torch import nn
+from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler
+
+from pneumo.data.augment import AugmentSpec
+from pneumo.data.mixing import MixSpec
+from pneumo.models.factory import create_model, lr_groups
+from pneumo.training.engine import Trainable
+
+
+def fold_seeds(seed: int, fold: int) -> tuple[int, int, int]:
+    """Independent seeds (init and dropout, sampler, augmentation) from (seed, fold) alone."""
+    children = np.random.SeedSequence([seed, fold]).spawn(3)
+    return tuple(int(c.generate_state(1, np.uint64)[0] >> 1) for c in children)  # type: ignore[return-value]
+
+
+def build_trainable(
+    cfg: Namespace, device: torch.device, mixed_precision: str, class_counts: np.ndarray, n_steps: int
+) -> Trainable:
+    """A fold's model, optimiser, per-step cosine schedule, grad scaler and loss, from the flags."""
+    model = create_model(
+        cfg.model,
+        dropout=cfg.dropout,
+        pretrained=cfg.pretrained,
+        pretrained_file=cfg.pretrained_file,
+        init=cfg.init,
+        zero_init_last=cfg.zero_init_last,
+    )
+    model.to(device, memory_format=torch.channels_last)
+    scale = cfg.backbone_lr_scale
+    groups = None if scale == 1 else (lambda m: lr_groups(m, cfg.lr, scale))
+    optimizer = create_optimizer_v2(
+        model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, filter_bias_and_bn=False, param_group_fn=groups
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=mixed_precision == "fp16")
+    weight = None
+    if cfg.balance == "loss":
+        weight = torch.as_tensor(
+            class_counts.sum() / (len(class_counts) * class_counts), dtype=torch.float32, device=device
+        )
+    forward = torch.compile(model) if cfg.compile else model
+    ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True, warmup_power=3 / 4) if cfg.ema_decay else None
+    return Trainable(
+        model,
+        forward,
+        optimizer,
+        make_scheduler(optimizer, cfg, n_steps),
+        scaler,
+        nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing),
+        AugmentSpec.from_config(cfg),
+        MixSpec(cfg.mixup, cfg.cutmix),
+        ema,
+    )
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Namespace, n_steps: int) -> LRScheduler:
+    """Cosine from each group's lr down to --min-lr x (its lr / --lr), after a linear warmup.
+
+    Stepped once per optimizer step. With one learning rate and no warmup this is exactly
+    CosineAnnealingLR (kept, so earlier runs resume bitwise); otherwise the same curve as a
+    closed form, because CosineAnnealingLR has one floor for all parameter groups.
+    """
+    total = cfg.epochs * n_steps
+    warmup = round(cfg.warmup_epochs * n_steps)
+    if not warmup and len({g["lr"] for g in optimizer.param_groups}) == 1:
+        return CosineAnnealingLR(optimizer, T_max=total, eta_min=cfg.min_lr)
+    floor = cfg.min_lr / cfg.lr
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return 1 / warmup + (1 - 1 / warmup) * step / warmup
+        t = min(step - warmup, total - warmup) / (total - warmup)
+        return floor + (1 - floor) * (1 + math.cos(math.pi * t)) / 2
+
+    return LambdaLR(optimizer, factor)

@@ -1,0 +1,86 @@
+"""A fold's resume state: where it stands (epoch, step, best so far, history) and everything that
+trains it (weights, optimiser, schedule, scaler, EMA, sampler and augmentation streams, RNG),
+saved so that a resumed fold continues bitwise where it stopped."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from pneumo.models.checkpoint import load_state, save_state
+from pneumo.training.engine import EpochTotals, Trainable
+from pneumo.utils.errors import PneumoError
+
+STATE_FORMAT = 1
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+@dataclass
+class Progress:
+    """Where a fold stands: `epoch` is the epoch in progress, `totals.step` its steps done."""
+
+    epoch: int
+    totals: EpochTotals
+    sampler_epoch_start: torch.Tensor
+    best_loss: float
+    best_epoch: int
+    history: list[dict]
+
+
+def save_progress(path: Path, fold: int, t: Trainable, p: Progress, aug: torch.Generator, device: torch.device) -> None:
+    """Write the fold's full training state atomically (a kill leaves the previous one)."""
+    save_state(
+        path,
+        {
+            "format": STATE_FORMAT,
+            "fold": fold,
+            "epoch": p.epoch,
+            "totals": asdict(p.totals),
+            "sampler_epoch_start": p.sampler_epoch_start,
+            "augment": aug.get_state(),
+            "rng": _rng_state(device),
+            "best_loss": p.best_loss,
+            "best_epoch": p.best_epoch,
+            "history": p.history,
+            "model": t.model.state_dict(),
+            "optimizer": t.optimizer.state_dict(),
+            "scheduler": t.scheduler.state_dict(),
+            "scaler": t.scaler.state_dict(),
+            **({"ema": t.ema.module.state_dict()} if t.ema is not None else {}),
+        },
+    )
+
+
+def restore_progress(path: Path, t: Trainable, aug: torch.Generator, device: torch.device) -> Progress:
+    """Load a state written by save_progress into `t` and `aug`; where the fold stands."""
+    s = load_state(path)
+    if not isinstance(s, dict) or s.get("format") != STATE_FORMAT:
+        raise PneumoError(
+            f"{path}: not a training state of this pneumo version (format {STATE_FORMAT}); "
+            "delete it to train this fold again, or rerun with --overwrite"
+        )
+    t.model.load_state_dict(s["model"])
+    t.optimizer.load_state_dict(s["optimizer"])
+    t.scheduler.load_state_dict(s["scheduler"])
+    t.scaler.load_state_dict(s["scaler"])
+    if t.ema is not None:
+        t.ema.module.load_state_dict(s["ema"])
+    aug.set_state(s["augment"])
+    _set_rng_state(s["rng"], device)
+    return Progress(
+        s["epoch"], EpochTotals(**s["totals"]), s["sampler_epoch_start"], s["best_loss"], s["best_epoch"], s["history"]
+    )

@@ -1,0 +1,243 @@
+"""Train one cross-validation fold: its own model, optimiser, schedule, data and random streams.
+
+Nothing here talks to other processes: a fold's result depends on the seed and fold index
+only. The loop trains, validates and saves the resume state at the end of every epoch (and
+when asked to stop), so a killed fold resumes exactly where it left off; everything else it
+does (best checkpoint, prediction files, metrics.jsonl, TensorBoard, console lines) is a
+handler of its events (pneumo.training.handlers).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from argparse import Namespace
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pneumo.data.cache import DecodedImages, norm_stats
+from pneumo.data.loader import PixelDataset, eval_batches, make_loader, steps_per_epoch, train_batches
+from pneumo.data.predictions import read_predictions, write_predictions
+from pneumo.data.splits import Splits
+from pneumo.metrics.classification import class_losses, classification_metrics, epoch_metrics
+from pneumo.models.factory import set_head_only, train_mode
+from pneumo.models.fold_model import load_fold_model
+from pneumo.models.inference import Autocast, predict
+from pneumo.training.build import build_trainable, fold_seeds
+from pneumo.training.engine import EpochTotals, Trainable, train_one_epoch
+from pneumo.training.events import EpochEnd
+from pneumo.training.handlers import fold_handlers
+from pneumo.training.state import Progress, restore_progress, save_progress
+from pneumo.utils import console
+from pneumo.utils.errors import NonFiniteLossError
+from pneumo.utils.fsutil import atomic_write_json
+from pneumo.utils.run_files import BEST, RESULT, STATE, VAL_PREDICTIONS, fold_dir
+
+# What a fold checkpoint's metadata records besides its weights (pneumo.models.fold_model reads it).
+_META_FLAGS = ("model", "dropout", "image_size", "equalize", "jpeg_quality", "crop", "tta")
+
+
+@dataclass
+class FoldEnv:
+    """What the process gives each of its folds."""
+
+    cfg: Namespace
+    run_dir: Path
+    device: torch.device
+    autocast: Autocast
+    mixed_precision: str
+    workers: int
+
+
+@dataclass
+class FoldData:
+    """A fold's share of the pool: its indices, labels, training normalisation and pixels."""
+
+    splits: Splits
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    norm: tuple[float, float]
+    dataset: PixelDataset
+
+    @classmethod
+    def of(cls, fold: int, splits: Splits, decoded: DecodedImages) -> FoldData:
+        train_idx, val_idx = splits.fold_indices(fold)
+        return cls(splits, train_idx, val_idx, norm_stats(decoded, train_idx), PixelDataset(decoded))
+
+
+def train_fold(
+    fold: int, splits: Splits, decoded: DecodedImages, env: FoldEnv, should_stop=lambda: False
+) -> dict | None:
+    """Train `fold` to the end (or until `should_stop()`), then evaluate its best checkpoint.
+
+    Returns the fold's result (also written to foldK/result.json), or None when stopped early
+    with the state saved for a resume.
+    """
+    cfg, out, started = env.cfg, fold_dir(env.run_dir, fold), time.monotonic()
+    out.mkdir(parents=True, exist_ok=True)
+    data = FoldData.of(fold, splits, decoded)
+    n_steps = steps_per_epoch(len(data.train_idx), cfg.batch_size)
+    init_seed, sampler_seed, aug_seed = fold_seeds(cfg.seed, fold)
+    torch.manual_seed(init_seed)
+    class_counts = np.bincount(splits.labels[data.train_idx], minlength=len(splits.classes))
+    t = build_trainable(cfg, env.device, env.mixed_precision, class_counts, n_steps)
+    sampler, aug = torch.Generator().manual_seed(sampler_seed), torch.Generator().manual_seed(aug_seed)
+    if (out / STATE).exists():
+        p = restore_progress(out / STATE, t, aug, env.device)
+        console.log(f"fold {fold}: resuming at epoch {p.epoch + 1}, step {p.totals.step}")
+    else:
+        p = Progress(0, EpochTotals(), sampler.get_state(), math.inf, -1, [])
+    meta = {"fold": fold, **{k: vars(cfg)[k] for k in _META_FLAGS}, "classes": list(splits.classes)}
+    meta.update(positive=splits.positive, mean=data.norm[0], std=data.norm[1])
+    handlers = fold_handlers(out, fold, cfg, splits, data.val_idx, meta, p.history, env.mixed_precision)
+    try:
+        while p.epoch < cfg.epochs:
+            epoch_started = time.monotonic()
+            images_per_second = _train_epoch(fold, data, t, p, sampler, aug, env, should_stop)
+            if images_per_second is None:
+                save_progress(out / STATE, fold, t, p, aug, env.device)
+                return None
+            train_seconds = time.monotonic() - epoch_started
+            val_probs = _predict(data, data.val_idx, t.eval_model, env)
+            head_only = p.epoch < cfg.freeze_epochs
+            record = _epoch_record(p, t, data, val_probs, head_only, images_per_second, train_seconds)
+            record["seconds"] = round(time.monotonic() - epoch_started, 3)
+            weights = t.ema.module if t.ema is not None else t.model
+            event = EpochEnd(fold, record, val_probs, weights, p.totals.indices)
+            if record["val"]["loss"] < p.best_loss:
+                p.best_loss, p.best_epoch = record["val"]["loss"], record["epoch"]
+                handlers.new_best(event)
+            handlers.epoch_end(event)
+            p.history.append(record)
+            p.epoch, p.totals, p.sampler_epoch_start = p.epoch + 1, EpochTotals(), sampler.get_state()
+            save_progress(out / STATE, fold, t, p, aug, env.device)
+            if should_stop():
+                return None
+        result = _finish(fold, data, env, p, time.monotonic() - started)
+        handlers.fold_end(result)
+        return result
+    finally:
+        handlers.close()
+
+
+def _train_epoch(
+    fold: int,
+    data: FoldData,
+    t: Trainable,
+    p: Progress,
+    sampler: torch.Generator,
+    aug: torch.Generator,
+    env: FoldEnv,
+    should_stop,
+) -> float | None:
+    """Train the epoch `p.epoch` from its step `p.totals.step` on; its images/s, or None if stopped."""
+    cfg, labels = env.cfg, data.splits.labels
+    head_only = p.epoch < cfg.freeze_epochs
+    set_head_only(t.model, head_only)
+    train_mode(t.model, head_only)
+    sampler.set_state(p.sampler_epoch_start)
+    batches = train_batches(
+        data.train_idx,
+        labels[data.train_idx],
+        len(data.splits.classes),
+        cfg.batch_size,
+        sampler,
+        cfg.balance == "sampler",
+    )
+    loader = make_loader(data.dataset, batches[p.totals.step :], env.device, env.workers)
+    label = f"fold {fold} epoch {p.epoch + 1}/{cfg.epochs}"
+    bar = console.StepProgress(label, len(batches), p.totals.step, cfg.batch_size, lambda: p.totals.loss)
+    with bar:
+        try:
+            finished = train_one_epoch(
+                t,
+                bar.track(loader),
+                torch.from_numpy(labels),
+                data.norm,
+                aug,
+                p.totals,
+                env.device,
+                env.autocast,
+                should_stop,
+            )
+        except NonFiniteLossError as exc:
+            raise NonFiniteLossError(f"epoch {p.epoch + 1}: {exc}") from exc
+    return bar.rate() if finished else None
+
+
+def _predict(data: FoldData, idx: np.ndarray, model: torch.nn.Module, env: FoldEnv, norm=None) -> np.ndarray:
+    """The probabilities of `model` on the pool or evaluation images `idx`."""
+    loader = make_loader(data.dataset, eval_batches(idx, env.cfg.batch_size), env.device, env.workers)
+    return predict([(model, norm or data.norm)], loader, env.device, env.autocast, env.cfg.tta)[0]
+
+
+def _epoch_record(
+    p: Progress,
+    t: Trainable,
+    data: FoldData,
+    val_probs: np.ndarray,
+    head_only: bool,
+    images_per_second: float,
+    train_seconds: float,
+) -> dict[str, Any]:
+    """The epoch's metrics.jsonl record: schedule and step counts, training and validation metrics."""
+    classes, val_labels = data.splits.classes, data.splits.labels[data.val_idx]
+    val = classification_metrics(val_labels, val_probs, classes, data.splits.positive)
+    return {
+        "epoch": p.epoch + 1,
+        "lr": t.optimizer.param_groups[0]["lr"],
+        "batches": p.totals.step,
+        "optimizer_steps": p.totals.optimizer_steps,
+        "skipped_steps": p.totals.step - p.totals.optimizer_steps,
+        "scheduler_steps": t.scheduler.last_epoch,
+        "train_samples": p.totals.samples,
+        "head_only": head_only,
+        "lr_steps": list(p.totals.lrs),
+        "images_per_second": round(images_per_second, 2),
+        "train_seconds": round(train_seconds, 3),
+        "train": {"loss": p.totals.loss, **epoch_metrics(p.totals.labels, p.totals.preds, classes)},
+        "val": {
+            "loss": val["loss"],
+            "roc_auc": val["roc_auc"],
+            "accuracy": val["accuracy"],
+            "precision": {c: v["precision"] for c, v in val["per_class"].items()},
+            "recall": {c: v["recall"] for c, v in val["per_class"].items()},
+            "class_loss": class_losses(val_labels, val_probs, classes),
+        },
+    }
+
+
+def _finish(fold: int, data: FoldData, env: FoldEnv, p: Progress, seconds: float) -> dict:
+    """Evaluate the fold's best checkpoint on the evaluation splits; write result.json last, then
+    delete the resume state unless --keep-state."""
+    out, splits = fold_dir(env.run_dir, fold), data.splits
+    best = load_fold_model(out / BEST, env.device)
+    val = read_predictions(out / VAL_PREDICTIONS, splits.classes)
+    result = {
+        "fold": fold,
+        "status": "done",
+        "best_epoch": p.best_epoch,
+        "epochs": len(p.history),
+        "train_size": int(len(splits.pool) - len(data.val_idx)),
+        "val_size": len(data.val_idx),
+        "norm": {"mean": best.mean, "std": best.std},
+        "val": classification_metrics(val.labels, val.probs, splits.classes, splits.positive, val.files),
+        "splits": {},
+    }
+    for split, idx in splits.evals.items():
+        probs = _predict(data, idx, best.model, env, best.norm)
+        files = [splits.files[i] for i in idx]
+        write_predictions(out / f"predictions_{split}.csv", files, splits.labels[idx], probs, splits.classes)
+        result["splits"][split] = classification_metrics(
+            splits.labels[idx], probs, splits.classes, splits.positive, files
+        )
+    result["seconds"] = round(seconds, 1)
+    atomic_write_json(out / RESULT, result)
+    if not env.cfg.keep_state:
+        # A done fold is never resumed (its result.json says so): its resume state is dead weight.
+        (out / STATE).unlink(missing_ok=True)
+    return result

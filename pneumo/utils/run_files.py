@@ -1,0 +1,56 @@
+"""What a run directory holds: its file names, where each fold's files go, and its config read back.
+
+Every stage names run files through here (training writes them, evaluation and the report
+read them), so no stage reaches into another for a file name.
+"""
+
+from __future__ import annotations
+
+from argparse import Namespace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pneumo.utils.errors import PneumoError
+
+CONFIG = "config.yaml"
+FOLDS = "folds.json"
+RUN_INFO = "run_info.json"
+SKIPPED = "skipped_images.json"
+AUDIT = "audit.json"
+OVERLAP = "overlap.json"
+RESULTS = "results.json"
+REPORT = "classification_report.txt"
+SUMMARY = "summary.txt"
+OOF = "oof.csv"
+# In each fold's directory:
+BEST = "best.safetensors"
+STATE = "state.pt"
+RESULT = "result.json"
+VAL_PREDICTIONS = "val_predictions.csv"
+
+
+def fold_dir(run_dir: Path, fold: int) -> Path:
+    return run_dir / f"fold{fold}"
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    """The resolved config a run was started with."""
+    path = run_dir / CONFIG
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise PneumoError(f"{run_dir} is not a pneumo run directory (no {CONFIG})") from exc
+    except yaml.YAMLError as exc:
+        raise PneumoError(f"{path}: corrupt ({exc}); rerun with --overwrite") from exc
+    if not isinstance(loaded, dict):
+        raise PneumoError(f"{path}: corrupt (not a mapping); rerun with --overwrite")
+    return loaded
+
+
+def folds_to_train(config: Namespace | dict[str, Any]) -> list[int]:
+    """The folds a run trains: --train-folds (sorted, once each), or every fold of --folds."""
+    values = vars(config) if isinstance(config, Namespace) else config
+    chosen = values.get("train_folds")
+    return sorted(set(chosen)) if chosen else list(range(int(values["folds"])))

@@ -18,7 +18,7 @@ from pneumo.data.synthetic import generate
 # Long enough epochs (~1 s) that a kill timed at half an epoch lands mid-epoch.
 RESUME_ARGS = ("--model", "resnet18", "--image-size", "48", "--folds", "2", "--epochs", "3")
 EXIT_STOPPED = 75
-TIMING_KEYS = {"wall_seconds", "seconds", "processes"}
+TIMING_KEYS = {"wall_seconds", "seconds", "train_seconds", "images_per_second", "processes"}
 
 
 @pytest.fixture(scope="module")

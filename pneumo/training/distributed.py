@@ -67,14 +67,14 @@ def make_accelerator(mixed_precision: str | None):
             "(accelerate issue #2741): this process trains every fold in turn. For N CPU processes use "
             "`accelerate launch --multi_gpu --num_processes N train.py ...` (see README)."
         )
-    if accelerator.is_main_process and accelerator.device.type == "cpu" and accelerator.mixed_precision == "bf16":
-        if not cpu_has_native_bf16():
-            from pneumo.utils import console
+    on_cpu = accelerator.device.type == "cpu"
+    if accelerator.is_main_process and on_cpu and accelerator.mixed_precision == "bf16" and not cpu_has_native_bf16():
+        from pneumo.utils import console
 
-            console.warn(
-                "bf16 autocast on a CPU without AVX-512 BF16 or AMX (this one) is emulated and about 10x slower "
-                "than float32 (README: Performance); pass --mixed-precision no here"
-            )
+        console.warn(
+            "bf16 autocast on a CPU without AVX-512 BF16 or AMX (this one) is emulated and about 10x slower "
+            "than float32 (README: Performance); pass --mixed-precision no here"
+        )
     return accelerator
 
 

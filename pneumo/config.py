@@ -29,6 +29,21 @@ from pneumo.utils.errors import PneumoError
 
 # Keys that change where or how fast a run goes, never its numbers: ignored when a run
 # directory's recorded config is compared with a new invocation (resume).
+# Recipe levers added after runs were first recorded and on by default since the recipe study:
+# a run recorded before such a flag existed trained with it off.
+OFF_BEFORE_IT_EXISTED = {
+    "label_smoothing": 0.0,
+    "mixup": 0.0,
+    "cutmix": 0.0,
+    "ema_decay": 0.0,
+    "aug_scale": None,
+    "aug_aspect": 1.0,
+    "aug_translate": 0.0,
+    "aug_gamma": 0.0,
+    "aug_contrast": 0.0,
+    "aug_brightness": 0.0,
+    "aug_erase_p": 0.0,
+}
 NON_RESULT_KEYS = frozenset(
     {
         "output_dir",
@@ -463,12 +478,13 @@ def result_keys_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Config keys whose values differ in a way that changes results.
 
     A key the old record lacks (a run started by an earlier version, before the flag existed)
-    differs only if the new value is not the flag's default: the earlier version behaved as
-    the default does.
+    counts as the value the earlier version behaved as: the lever off for the recipe levers
+    whose default the study turned on, else the flag's default.
     """
     parser = build_parser()
+    before = lambda k: OFF_BEFORE_IT_EXISTED.get(k, parser.get_default(k))
     keys = (set(old) | set(new)) - NON_RESULT_KEYS
-    return sorted(k for k in keys if old.get(k, parser.get_default(k)) != new.get(k, parser.get_default(k)))
+    return sorted(k for k in keys if old.get(k, before(k)) != new.get(k, before(k)))
 
 
 def to_yaml(config: dict[str, Any]) -> str:

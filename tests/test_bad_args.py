@@ -173,6 +173,7 @@ def _fake_run(run_dir: Path, model_name: str, checkpoint_model, meta_model: str 
     run_dir.mkdir(parents=True)
     config = {"model": model_name, "folds": 1, "mixed_precision": "no", "data_dir": str(run_dir / "no_data")}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    (run_dir / "folds.json").write_text('{"files": {"train/NORMAL/IM-0001-0001.jpeg": 0}}')
     (run_dir / "fold0").mkdir()
     (run_dir / "fold0" / "result.json").write_text('{"fold": 0, "status": "done"}')
     meta = {"fold": 0, "model": meta_model or model_name, "dropout": 0.0, "image_size": 32}

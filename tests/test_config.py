@@ -8,20 +8,41 @@ from pneumo.config import parse_args, result_keys_diff
 from pneumo.utils.errors import PneumoError
 
 
-def test_defaults_are_the_reference_recipe():
+def test_defaults_are_the_recipe_the_study_chose():
     a = parse_args([])
     assert (a.model, a.image_size, a.epochs, a.batch_size, a.lr, a.weight_decay, a.min_lr, a.dropout, a.folds) == (
         "resnet18",
-        224,
-        10,
+        64,
+        20,
         32,
         1e-3,
-        1e-4,
+        0.05,
         1e-4,
         0.3,
         5,
     )
     assert (a.opt, a.balance, a.init) == ("adamw", "sampler", "xavier")
+    assert (a.mixup, a.cutmix, a.label_smoothing, a.ema_decay) == (0.4, 1.0, 0.1, 0.998)
+    assert (a.aug_scale, a.aug_aspect, a.aug_translate, a.aug_rotate, a.aug_flip) == ([0.85, 1.2], 1.15, 0.06, 10, 0.5)
+    assert (a.aug_gamma, a.aug_contrast, a.aug_brightness, a.aug_erase_p) == (0.3, 0.3, 0.1, 0.25)
+
+
+def test_the_study_recipe_file_is_exactly_the_defaults():
+    """benchmarks/recipes/strong.yaml on top of the study's reference recipe gives train.py's defaults."""
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(root / "benchmarks"))
+    from recipe import REFERENCE
+
+    study = {**REFERENCE, **yaml.safe_load((root / "benchmarks" / "recipes" / "strong.yaml").read_text())}
+    defaults = vars(parse_args([]))
+    assert {k: defaults[k] for k in study if k != "mixed_precision"} == {
+        k: v for k, v in study.items() if k != "mixed_precision"
+    }
 
 
 def test_yaml_config_supplies_values_and_flags_win(tmp_path):
@@ -44,7 +65,8 @@ def test_config_diff_ignores_keys_that_do_not_change_results():
     assert result_keys_diff(old, new) == ["lr"]
 
 
-def test_a_flag_newer_than_the_recorded_run_differs_only_when_not_at_its_default():
-    old = {"lr": 1e-3}  # recorded before --ema-decay and --tta existed
+def test_a_flag_newer_than_the_recorded_run_counts_as_what_the_older_version_did():
+    old = {"lr": 1e-3}  # recorded before --ema-decay and --tta existed: no EMA, no TTA
     assert result_keys_diff(old, {"lr": 1e-3, "ema_decay": 0.0, "tta": "none"}) == []
-    assert result_keys_diff(old, {"lr": 1e-3, "ema_decay": 0.998, "tta": "none"}) == ["ema_decay"]
+    assert result_keys_diff(old, {"lr": 1e-3, "ema_decay": 0.998, "tta": "none"}) == ["ema_decay"]  # today's default
+    assert result_keys_diff(old, {"lr": 1e-3, "ema_decay": 0.0, "tta": "flip"}) == ["tta"]

@@ -142,7 +142,8 @@ def test_zero_init_last_off_keeps_the_last_batchnorm_of_each_block_at_one():
 @pytest.fixture(scope="module")
 def ema_run(tiny_data, cache_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "ema"
-    train(tiny_data, out, cache_dir, "--train-folds", "3", "1", "--ema-decay", "0.9", "--tta", "flip", "--epochs", "1")
+    args = ("--train-folds", "3", "1", "--ema-decay", "0.9", "--tta", "flip", "--epochs", "1", "--keep-state")
+    train(tiny_data, out, cache_dir, *args)
     return out
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import read_jsonl, run_cli
 from PIL import Image
@@ -33,7 +35,11 @@ FIGURES = [
     "misclassified-out-of-fold-validation",
     "misclassified-test",
     "lr-throughput",
+    "calibration-reliability-oof",  # from calibration/, written by the clinical evaluation
+    "calibration-reliability-test",
 ]
+# run_one also draws Grad-CAM (saliency/); the other test runs pass --saliency-images 0.
+FIGURES_WITH_SALIENCY = [*FIGURES, "saliency-test-misclassified", "saliency-test-sample"]
 
 
 def _pngs(report: Path) -> dict[str, Path]:
@@ -77,6 +83,10 @@ def _md_table(md: str, caption_start: str) -> dict[str, list[str]]:
     return {r[0]: r[1:] for r in rows[2:]}  # past the header and its rule
 
 
+def _four(value: float) -> str:
+    return "n/a" if np.isnan(value) else f"{value:.4f}"
+
+
 def test_report_tables_match_sklearns_classification_report_of_the_saved_predictions(run_two):
     out = run_two[0]
     md = (out / "report" / "report.md").read_text()
@@ -86,11 +96,17 @@ def test_report_tables_match_sklearns_classification_report_of_the_saved_predict
     for caption, csv_path in cases:
         preds = read_predictions(csv_path, CLASSES)
         expected = classification_report(
-            preds.labels, preds.probs.argmax(1), labels=[0, 1], target_names=CLASSES, output_dict=True, zero_division=0
+            preds.labels,
+            preds.probs.argmax(1),
+            labels=[0, 1],
+            target_names=CLASSES,
+            output_dict=True,
+            zero_division=np.nan,
         )
         table = _md_table(md, caption)
         for name in CLASSES:
-            want = [f"{expected[name][k]:.4f}" for k in ("precision", "recall", "f1-score")]
+            # An undefined metric (e.g. precision of a class never predicted) reads n/a, never 0.
+            want = [_four(expected[name][k]) for k in ("precision", "recall", "f1-score")]
             assert table[name] == [*want, str(int(expected[name]["support"]))], (caption, name)
         assert table["accuracy"][2] == f"{expected['accuracy']:.4f}", caption
 
@@ -131,7 +147,11 @@ def test_tensorboard_fold_runs_hold_every_curve_and_their_own_hparams(run_two):
         acc = _events(out / f"fold{k}" / "tensorboard")
         scalars = set(acc.Tags()["scalars"])
         curves = {"train/loss", "val/loss", "train/accuracy", "val/accuracy", "val/roc_auc", "lr", "images_per_second"}
-        per_class = {f"val/{m}/{c}" for m in ("precision", "recall", "class_loss") for c in CLASSES}
+        per_class = {f"val/{m}/{c}" for m in ("recall", "class_loss") for c in CLASSES}
+        # Precision of a class the fold never predicted is undefined (null), and not logged.
+        records = [json.loads(line) for line in (out / f"fold{k}" / "metrics.jsonl").read_text().splitlines()]
+        predicted = [c for c in CLASSES if any(r["val"]["precision"][c] is not None for r in records)]
+        per_class |= {f"val/precision/{c}" for c in predicted}
         assert curves | per_class <= scalars
         assert [e.step for e in acc.Scalars("val/loss")] == [1, 2]
         content = acc.PluginTagToContent("hparams")
@@ -155,7 +175,7 @@ def test_evaluate_report_writes_the_report_of_a_run_trained_without_one(run_one,
     out = run_one[0]
     assert not (out / "report").exists()
     proc = run_cli(["evaluate.py", str(out), "--report", "--cache-dir", str(cache_dir), "--threads", "1"])
-    assert sorted(_pngs(out / "report")) == sorted(FIGURES)
+    assert sorted(_pngs(out / "report")) == sorted(FIGURES_WITH_SALIENCY)
     assert str(out / "report" / "report.html") in proc.stdout
     assert not list(out.glob(".report-*"))
 

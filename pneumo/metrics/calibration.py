@@ -125,7 +125,7 @@ def reliability_diagram(path: Path, title: str, positive: np.ndarray, curves: di
 
     from pneumo.utils.fsutil import atomic_path
 
-    fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    fig, ax = plt.subplots(figsize=(6.5, 6.5))
     for i, (name, probs) in enumerate(curves.items()):
         ece = expected_calibration_error(positive, probs)
         CalibrationDisplay.from_predictions(

@@ -383,23 +383,29 @@ def schedule(inp: Inputs) -> Section | None:
     return Section("Learning rate and throughput", [Plot("lr-throughput", caption, _png(fig))])
 
 
+def _metric(value: float | None) -> str:
+    """A metric with 4 decimals, or n/a where it is undefined (e.g. precision without predicted positives)."""
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def _report_table(caption: str, m: dict, classes: Sequence[str]) -> Table:
     """A classification report in sklearn's layout, from stored metrics."""
     header = ["", "precision", "recall", "f1-score", "support"]
     rows = [
         [
             c,
-            *(f"{m['per_class'][c][k]:.4f}" for k in ("precision", "recall", "f1-score")),
+            *(_metric(m["per_class"][c][k]) for k in ("precision", "recall", "f1-score")),
             str(m["per_class"][c]["support"]),
         ]
         for c in classes
     ]
-    rows.append(["accuracy", "", "", f"{m['accuracy']:.4f}", str(m["n"])])
+    rows.append(["accuracy", "", "", _metric(m["accuracy"]), str(m["n"])])
     for name, key in (("macro avg", "macro_avg"), ("weighted avg", "weighted_avg")):
         avg = m[key]
-        rows.append([name, *(f"{avg[k]:.4f}" for k in ("precision", "recall", "f1-score")), str(int(avg["support"]))])
+        rows.append([name, *(_metric(avg[k]) for k in ("precision", "recall", "f1-score")), str(int(avg["support"]))])
     extra = (
-        f"ROC-AUC {_fmt(m.get('roc_auc'), 4)}, sensitivity {m['sensitivity']:.4f}, specificity {m['specificity']:.4f}"
+        f"ROC-AUC {_metric(m.get('roc_auc'))}, sensitivity {_metric(m['sensitivity'])}, "
+        f"specificity {_metric(m['specificity'])}"
     )
     return Table(f"{caption} — {extra}", header, rows)
 

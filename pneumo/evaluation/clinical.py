@@ -26,7 +26,7 @@ from pneumo.metrics.threshold import DEFAULT_POLICY, choose_threshold, parse_pol
 from pneumo.models.fold_model import FoldModel, load_fold_model
 from pneumo.utils import console
 from pneumo.utils.fsutil import atomic_write_json
-from pneumo.utils.run_files import BEST, RESULTS
+from pneumo.utils.run_files import BEST, RESULTS, VAL_PREDICTIONS, fold_dir
 
 SALIENCY_IMAGES = 16
 AT = ("at_0.5", "at_threshold")
@@ -45,7 +45,7 @@ class SplitPredictions:
 def _oof(
     run_dir: Path, folds: Sequence[int], classes: Sequence[str]
 ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-    tables = [read_predictions(run_dir / f"fold{k}" / "val_predictions.csv", classes) for k in folds]
+    tables = [read_predictions(fold_dir(run_dir, k) / VAL_PREDICTIONS, classes) for k in folds]
     files = [f for t in tables for f in t.files]
     fold_of = np.concatenate([np.full(len(t.files), k) for k, t in zip(folds, tables)])
     return files, np.concatenate([t.labels for t in tables]), np.concatenate([t.probs for t in tables]), fold_of
@@ -174,36 +174,29 @@ def run_splits(run_dir: Path, results: dict) -> dict[str, SplitPredictions]:
     return {s: SplitPredictions(*gather_split(run_dir, folds, s, classes), folds) for s in results["ensemble"]}
 
 
+def run_clinical_section(run_dir: Path, results: dict, config: dict[str, Any], **drawing: Any) -> dict:
+    """The clinical section of a run's results.json, from its prediction tables (and, with
+    `drawing`, out_dir/models/decoded/saliency_images for its figures)."""
+    classes = results["classes"]
+    positive = classes.index(results["positive_class"])
+    splits = run_splits(run_dir, results)
+    return clinical_section(run_dir, results["folds_done"], splits, classes, positive, config, **drawing)
+
+
 def add_clinical(
     run_dir: Path, results: dict, config: dict[str, Any], decoded: DecodedImages | None, device: torch.device
 ) -> dict:
     """The end of training: the clinical section with its figures in the run, saved in results.json."""
     started = time.perf_counter()
-    classes = results["classes"]
     n_images = int(config.get("saliency_images", SALIENCY_IMAGES))
+    folds = results["folds_done"]
     models = (
-        [
-            load_fold_model(run_dir / f"fold{k}" / BEST, device, expect_model=results["model"])
-            for k in results["folds_done"]
-        ]
+        [load_fold_model(fold_dir(run_dir, k) / BEST, device, expect_model=results["model"]) for k in folds]
         if n_images > 0
         else None
     )
-    results = {
-        **results,
-        "clinical": clinical_section(
-            run_dir,
-            results["folds_done"],
-            run_splits(run_dir, results),
-            classes,
-            classes.index(results["positive_class"]),
-            config,
-            out_dir=run_dir,
-            models=models,
-            decoded=decoded,
-            saliency_images=n_images,
-        ),
-    }
+    drawing = {"out_dir": run_dir, "models": models, "decoded": decoded, "saliency_images": n_images}
+    results = {**results, "clinical": run_clinical_section(run_dir, results, config, **drawing)}
     atomic_write_json(run_dir / RESULTS, results)
     console.log(
         f"clinical evaluation (operating point, CIs, calibration, Grad-CAM): {time.perf_counter() - started:.1f}s"

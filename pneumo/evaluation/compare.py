@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
-from pneumo.evaluation.clinical import ci_text, clinical_section, run_splits
+from pneumo.evaluation.clinical import ci_text, run_clinical_section
 from pneumo.utils.errors import PneumoError
 from pneumo.utils.fsutil import atomic_write_text, read_json
-from pneumo.utils.run_files import RESULTS, read_config
+from pneumo.utils.run_files import METRICS_LOG, RESULTS, fold_dir, read_config
 
 METRICS = (("accuracy", "acc"), ("roc_auc", "AUC"), ("sensitivity", "sens"), ("specificity", "spec"))
 
@@ -31,7 +31,7 @@ def _init(config: dict[str, Any]) -> str:
 
 def _train_accuracy(run_dir: Path, fold: dict) -> float | None:
     """Training accuracy of a fold at its best (kept) epoch, from its metrics.jsonl."""
-    path = run_dir / f"fold{fold['fold']}" / "metrics.jsonl"
+    path = fold_dir(run_dir, fold["fold"]) / METRICS_LOG
     if not path.exists():
         return None
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -54,15 +54,7 @@ def run_row(run_dir: Path, split: str = "test") -> dict[str, Any]:
     results, config = read_json(run_dir / RESULTS), read_config(run_dir)
     clinical = results.get("clinical")
     if clinical is None:  # a run made before the clinical evaluation existed: computed now, from its CSVs
-        classes = results["classes"]
-        clinical = clinical_section(
-            run_dir,
-            results["folds_done"],
-            run_splits(run_dir, results),
-            classes,
-            classes.index(results["positive_class"]),
-            config,
-        )
+        clinical = run_clinical_section(run_dir, results, config)
     done = [f for f in results["folds"] if f["status"] == "done"]
     op = clinical["operating_point"]
     on_split = clinical["splits"].get(split, {}).get("ensemble")

@@ -14,11 +14,11 @@ from pneumo.evaluation.ensemble import mean_probs
 from pneumo.metrics.classification import classification_metrics, mean_std, report_text
 from pneumo.utils.errors import PneumoError
 from pneumo.utils.fsutil import atomic_write_json, atomic_write_text, read_json
-from pneumo.utils.run_files import OOF, REPORT, RESULTS
+from pneumo.utils.run_files import OOF, REPORT, RESULT, RESULTS, VAL_PREDICTIONS, fold_dir
 
 
 def read_fold_results(run_dir: Path, folds: Sequence[int]) -> list[dict]:
-    return [read_json(run_dir / f"fold{k}" / "result.json") for k in folds]
+    return [read_json(fold_dir(run_dir, k) / RESULT) for k in folds]
 
 
 def evaluate_split(
@@ -55,7 +55,7 @@ def write_split_predictions(
 
 
 def gather_split(run_dir: Path, folds: Sequence[int], split: str, classes: Sequence[str]):
-    paths = [run_dir / f"fold{k}" / f"predictions_{split}.csv" for k in folds]
+    paths = [fold_dir(run_dir, k) / f"predictions_{split}.csv" for k in folds]
     tables = [read_predictions(path, classes) for path in paths]
     files = tables[0].files
     for path, t in zip(paths, tables):
@@ -73,7 +73,7 @@ def build_results(
     """Gather fold outputs into results.json, oof.csv, predictions_<split>.csv and the text report."""
     done = [r for r in fold_results if r["status"] == "done"]
     folds = [r["fold"] for r in done]
-    val_tables = [read_predictions(run_dir / f"fold{k}" / "val_predictions.csv", classes) for k in folds]
+    val_tables = [read_predictions(fold_dir(run_dir, k) / VAL_PREDICTIONS, classes) for k in folds]
     oof_files = [f for t in val_tables for f in t.files]
     oof_labels = np.concatenate([t.labels for t in val_tables])
     oof_probs = np.concatenate([t.probs for t in val_tables])

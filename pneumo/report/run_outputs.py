@@ -15,7 +15,7 @@ import numpy as np
 
 from pneumo.utils.errors import PneumoError
 from pneumo.utils.fsutil import read_json
-from pneumo.utils.run_files import FOLDS, OOF, RESULTS, RUN_INFO, read_config
+from pneumo.utils.run_files import FOLDS, METRICS_LOG, OOF, RESULTS, RUN_INFO, fold_dir, read_config
 
 
 @dataclass
@@ -115,7 +115,7 @@ def load_run(run_dir: Path) -> RunOutputs:
     config = read_config(run_dir)
     histories = {}
     for k in range(int(results["n_folds"])):
-        path = run_dir / f"fold{k}" / "metrics.jsonl"
+        path = fold_dir(run_dir, k) / METRICS_LOG
         if path.exists():
             histories[k] = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
     run = RunOutputs(

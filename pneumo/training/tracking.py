@@ -13,6 +13,7 @@ from typing import Any
 
 from pneumo.training.events import EpochEnd, Handler
 from pneumo.utils.fsutil import atomic_write_text
+from pneumo.utils.run_files import METRICS_LOG
 
 # Flags shown as hyperparameters in TensorBoard's HParams tab.
 HPARAMS = (
@@ -69,7 +70,7 @@ class FoldLogger(Handler):
     def __init__(self, fold_dir: Path, fold: int, history: list[dict[str, Any]], config: dict[str, Any]) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.path = fold_dir / "metrics.jsonl"
+        self.path = fold_dir / METRICS_LOG
         self.fold, self.config = fold, config
         self.history = list(history)
         # purge_step drops events a killed run logged past its last checkpointed epoch.

@@ -29,6 +29,7 @@ BEST = "best.safetensors"
 STATE = "state.pt"
 RESULT = "result.json"
 VAL_PREDICTIONS = "val_predictions.csv"
+METRICS_LOG = "metrics.jsonl"
 
 
 def fold_dir(run_dir: Path, fold: int) -> Path:

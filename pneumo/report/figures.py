@@ -7,6 +7,7 @@ the caller; nothing here reads files.
 from __future__ import annotations
 
 import functools
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 
 import matplotlib
@@ -105,7 +106,11 @@ def class_distribution(groups: Sequence[tuple[str, Sequence[int]]], classes: Seq
 
 def _tiles(tiles: Sequence[Tile], cols: int, title: str, tile_inches: float = 1.9) -> Figure:
     rows = max(1, -(-len(tiles) // cols))
-    fig, axes = _figure(rows, cols, (cols * tile_inches, rows * (tile_inches + 0.6) + 0.6), title)
+    # A long title (the augmentation levers) wraps to the figure's width, about 9 characters per inch.
+    title = textwrap.fill(title, width=int(cols * tile_inches * 9))
+    fig, axes = _figure(
+        rows, cols, (cols * tile_inches, rows * (tile_inches + 0.6) + 0.6 + 0.2 * title.count("\n")), title
+    )
     for ax in axes.flat:
         ax.axis("off")
     for ax, (image, caption, wrong) in zip(axes.flat, tiles):

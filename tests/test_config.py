@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
 
 from pneumo.config import parse_args, result_keys_diff
 from pneumo.utils.errors import PneumoError
@@ -29,20 +32,20 @@ def test_defaults_are_the_recipe_the_study_chose():
 
 def test_the_study_recipe_file_is_exactly_the_defaults():
     """benchmarks/recipes/strong.yaml on top of the study's reference recipe gives train.py's defaults."""
-    import sys
-    from pathlib import Path
-
-    import yaml
-
     root = Path(__file__).resolve().parent.parent
-    sys.path.insert(0, str(root / "benchmarks"))
-    from recipe import REFERENCE
-
-    study = {**REFERENCE, **yaml.safe_load((root / "benchmarks" / "recipes" / "strong.yaml").read_text())}
+    reference = yaml.safe_load((root / "benchmarks" / "reference.yaml").read_text())
+    study = {**reference, **yaml.safe_load((root / "benchmarks" / "recipes" / "strong.yaml").read_text())}
     defaults = vars(parse_args([]))
-    assert {k: defaults[k] for k in study if k != "mixed_precision"} == {
-        k: v for k, v in study.items() if k != "mixed_precision"
-    }
+    assert {k: defaults[k] for k in study} == study
+
+
+def test_the_reference_recipe_file_turns_every_lever_of_the_study_off():
+    root = Path(__file__).resolve().parent.parent
+    reference = vars(parse_args(["--config", str(root / "benchmarks" / "reference.yaml")]))
+    assert (reference["image_size"], reference["epochs"], reference["weight_decay"]) == (64, 10, 1e-4)
+    assert reference["aug_scale"] == [1.0, 1.0] and reference["aug_aspect"] == 1.0
+    levers = ("mixup", "cutmix", "label_smoothing", "ema_decay", "aug_translate", "aug_gamma", "aug_contrast")
+    assert all(reference[k] == 0 for k in (*levers, "aug_brightness", "aug_erase_p", "aug_blur_p", "aug_noise_p"))
 
 
 def test_yaml_config_supplies_values_and_flags_win(tmp_path):

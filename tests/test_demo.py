@@ -10,11 +10,14 @@ from conftest import run_cli
 
 from pneumo.data.synthetic import generate
 
-# The demo's recipe scaled down: fewer images and folds, a tiny ResNet, smaller images.
+ROOT = Path(__file__).resolve().parent.parent
+# `make demo` scaled down: its recipe (benchmarks/reference.yaml, float32) on fewer images and
+# folds, with a tiny ResNet and smaller images.
 COUNTS = {"train": (40, 80), "test": (10, 10)}
 ARGS = [
+    *("--config", str(ROOT / "benchmarks" / "reference.yaml")),
     *("--model", "test_resnet", "--image-size", "48", "--epochs", "6", "--folds", "3", "--batch-size", "16"),
-    *("--mixed-precision", "bf16", "--threads", "2", "--workers", "0", "--no-report"),
+    *("--mixed-precision", "no", "--threads", "2", "--workers", "0", "--no-report", "--saliency-images", "0"),
 ]
 
 
@@ -32,3 +35,8 @@ def test_a_working_pipeline_learns_the_synthetic_pathology(tmp_path):
 
 def test_labels_independent_of_the_pathology_are_not_learned(tmp_path):
     assert _oof_auc(tmp_path, negative_control=True) == pytest.approx(0.5, abs=0.2)
+
+
+def test_make_demo_trains_the_recipe_these_tests_scale_down():
+    demo = (ROOT / "Makefile").read_text().split("\ndemo:", 1)[1].split("\n\n", 1)[0]
+    assert "train.py --config benchmarks/reference.yaml" in demo

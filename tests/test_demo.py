@@ -11,13 +11,15 @@ from conftest import run_cli
 from pneumo.data.synthetic import generate
 
 ROOT = Path(__file__).resolve().parent.parent
-# `make demo` scaled down: its recipe (benchmarks/reference.yaml, float32) on fewer images and
-# folds, with a tiny ResNet and smaller images.
-COUNTS = {"train": (40, 80), "test": (10, 10)}
+# `make demo` scaled down: its recipe (benchmarks/reference.yaml, float32) on 180 images and 3
+# folds, with timm's tiny test_resnet (0.47 M parameters; a higher lr than resnet18's) at 48 px.
+# About 40 s per run on 2 CPU cores; OOF ROC-AUC 0.97-0.98 on three data seeds.
+COUNTS = {"train": (60, 120), "test": (10, 10)}
 ARGS = [
     *("--config", str(ROOT / "benchmarks" / "reference.yaml")),
-    *("--model", "test_resnet", "--image-size", "48", "--epochs", "6", "--folds", "3", "--batch-size", "16"),
-    *("--mixed-precision", "no", "--threads", "2", "--workers", "0", "--no-report", "--saliency-images", "0"),
+    *("--model", "test_resnet", "--lr", "3e-3", "--image-size", "48", "--epochs", "12", "--folds", "3"),
+    *("--batch-size", "8", "--mixed-precision", "no", "--threads", "2", "--workers", "0"),
+    *("--no-report", "--saliency-images", "0"),
 ]
 
 
@@ -30,7 +32,7 @@ def _oof_auc(tmp_path: Path, negative_control: bool) -> float:
 
 
 def test_a_working_pipeline_learns_the_synthetic_pathology(tmp_path):
-    assert _oof_auc(tmp_path, negative_control=False) >= 0.9
+    assert _oof_auc(tmp_path, negative_control=False) >= 0.95
 
 
 def test_labels_independent_of_the_pathology_are_not_learned(tmp_path):

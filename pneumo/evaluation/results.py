@@ -18,6 +18,7 @@ from pneumo.utils.run_files import OOF, REPORT, RESULT, RESULTS, VAL_PREDICTIONS
 
 
 def read_fold_results(run_dir: Path, folds: Sequence[int]) -> list[dict]:
+    """Each listed fold's result.json."""
     return [read_json(fold_dir(run_dir, k) / RESULT) for k in folds]
 
 

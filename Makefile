@@ -1,6 +1,7 @@
 # make demo  - install into .venv, train the reference recipe on the built-in synthetic data (minutes on a CPU), write the report
 # make test  - install into .venv (with test tools) and run lint + the test suite
 VENV ?= .venv
+TEST_WORKERS ?= 2  # pytest-xdist workers (the suite is mostly single-threaded subprocesses)
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
@@ -24,7 +25,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 test: install lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

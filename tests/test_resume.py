@@ -15,8 +15,9 @@ from conftest import ROOT, cli_env, launch_command, read_jsonl, run_cli, train_a
 
 from pneumo.data.synthetic import generate
 
-# Long enough epochs (~1 s) that a kill timed at half an epoch lands mid-epoch.
-RESUME_ARGS = ("--model", "resnet18", "--image-size", "48", "--folds", "2", "--epochs", "3")
+# Long enough epochs (~3 s) that a kill timed at a quarter of an epoch lands mid-epoch; float32,
+# since bf16 autocast is emulated (10x slower) on CPUs without AVX-512 BF16.
+RESUME_ARGS = ("--model", "resnet18", "--image-size", "48", "--folds", "2", "--epochs", "3", "--mixed-precision", "no")
 EXIT_STOPPED = 75
 TIMING_KEYS = {"wall_seconds", "seconds", "train_seconds", "images_per_second", "processes"}
 

@@ -17,7 +17,7 @@ from pneumo.data.synthetic import generate
 
 # Long enough epochs (~3 s) that a kill timed at a quarter of an epoch lands mid-epoch; float32,
 # since bf16 autocast is emulated (10x slower) on CPUs without AVX-512 BF16.
-RESUME_ARGS = ("--model", "resnet18", "--image-size", "48", "--folds", "2", "--epochs", "3", "--mixed-precision", "no")
+RESUME_ARGS = ("--model", "resnet18", "--image-size", "48", "--folds", "2", "--epochs", "2", "--mixed-precision", "no")
 EXIT_STOPPED = 75
 TIMING_KEYS = {"wall_seconds", "seconds", "train_seconds", "images_per_second", "processes"}
 
@@ -167,7 +167,7 @@ def test_finished_folds_are_skipped_on_resume(reference, data, cache):
 def test_a_different_config_is_refused_naming_the_keys(reference, data, cache):
     proc = run_cli(train_args(data, reference, cache, *RESUME_ARGS, "--lr", "0.01", "--epochs", "4"), check=False)
     assert proc.returncode == 2
-    assert "epochs: 3 -> 4" in proc.stderr and "lr: 0.001 -> 0.01" in proc.stderr
+    assert "epochs: 2 -> 4" in proc.stderr and "lr: 0.001 -> 0.01" in proc.stderr
     assert "--overwrite" in proc.stderr
     assert (reference / "results.json").exists()
 

@@ -140,7 +140,7 @@ def test_results_report_per_fold_aggregate_and_ensemble_metrics(run_two):
 def test_without_data_dir_trains_on_the_builtin_synthetic_set_and_says_so(tmp_path):
     out = tmp_path / "demo"
     cache = tmp_path / "cache"
-    args = ["train.py", "--output-dir", str(out), *TRAIN_ARGS, "--epochs", "1"]
+    args = ["train.py", "--output-dir", str(out), *TRAIN_ARGS, "--epochs", "1", "--folds", "2"]
     proc = run_cli(args, env={"PNEUMO_CACHE": str(cache)})
     assert "USING THE BUILT-IN SYNTHETIC DATASET" in proc.stdout
     info = json.loads((out / "run_info.json").read_text())

@@ -7,13 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from rich.console import Console
 
 from pneumo import evaluate_cli
+from pneumo.data.augment import AugmentParams
 from pneumo.data.predictions import read_predictions, write_predictions
 from pneumo.evaluation.results import SPREAD, build_results, metrics_table
 from pneumo.metrics.classification import mean_std
+from pneumo.report.sections import view_caption
 from pneumo.utils.errors import PneumoError
 
 CLASSES = ("NORMAL", "PNEUMONIA")
@@ -68,3 +71,17 @@ def test_evaluate_of_a_run_whose_config_lacks_keys_is_one_line(tmp_path, capsys)
     assert err == f"error: {tmp_path / 'config.yaml'}: lacks ['folds', 'data_dir', 'mixed_precision']; " + (
         "not a config written by train.py\n"
     )
+
+
+def test_augmented_view_captions_name_every_lever_the_view_drew():
+    params = AugmentParams(
+        angles=torch.tensor([7.63, -2.0]),
+        flips=torch.tensor([True, False]),
+        zoom=torch.tensor([1.083, 0.9]),
+        gamma=torch.tensor([0.871, 1.1]),
+        brightness=torch.tensor([-0.04, 0.02]),
+        erase=torch.tensor([[0.1, 0.1, 0.3, 0.2], [0.0, 0.0, 0.0, 0.2]]),
+    )
+    assert view_caption(params, 0) == "rot +7.6°, flip, zoom 1.08\nγ 0.87\nbright -0.04, erased"
+    assert view_caption(params, 1) == "rot -2.0°, zoom 0.90\nγ 1.10\nbright +0.02"
+    assert view_caption(AugmentParams(angles=torch.tensor([3.0]), flips=torch.tensor([False])), 0) == "rot +3.0°"

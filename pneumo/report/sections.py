@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pneumo.data.augment import AugmentSpec, prepare_batch, sample_params
+from pneumo.data.augment import AugmentParams, AugmentSpec, prepare_batch, sample_params
 from pneumo.report import figures
 from pneumo.report.run_outputs import RunOutputs, Scored
 
@@ -200,10 +200,7 @@ def samples(inp: Inputs) -> Section | None:
         batch = torch.from_numpy(np.repeat(img[None, None], n_views, axis=0))
         out = prepare_batch(batch, 0.0, 1.0, params, channels=1)[:, 0].clamp(0, 255).to(torch.uint8).numpy()
         views.append((img, f"original ({name})\n{Path(f).name}", None))
-        views += [
-            (v, f"rotated {a:+.1f}°" + (", flipped" if fl else ""), None)
-            for v, a, fl in zip(out, params.angles.tolist(), params.flips.tolist())
-        ]
+        views += [(v, view_caption(params, i), None) for i, v in enumerate(out)]
     aug = figures.image_grid(views, f"Augmented views (the run's training augmentation: {_levers(spec)})", n_views + 1)
     return Section(
         "Sample images",
@@ -212,6 +209,27 @@ def samples(inp: Inputs) -> Section | None:
             Plot("augmentations", "Each row: one image and the random augmentations training draws.", _png(aug)),
         ],
     )
+
+
+def view_caption(p: AugmentParams, i: int) -> str:
+    """What view i of an augmented batch drew, one short line each for geometry, gamma/contrast,
+    and brightness/blur/noise/erasing (e.g. 'rot +7.6°, flip, zoom 1.08\nγ 0.87\nerased')."""
+    lines = [[f"rot {float(p.angles[i]):+.1f}°", *(["flip"] if p.flips[i] else [])], [], []]
+    if p.zoom is not None:
+        lines[0].append(f"zoom {float(p.zoom[i]):.2f}")
+    if p.gamma is not None:
+        lines[1].append(f"γ {float(p.gamma[i]):.2f}")
+    if p.contrast is not None:
+        lines[1].append(f"contrast {float(p.contrast[i]):.2f}")
+    if p.brightness is not None:
+        lines[2].append(f"bright {float(p.brightness[i]):+.2f}")
+    if p.blur_sigma is not None and p.blur_sigma[i] > 0:
+        lines[2].append(f"blur {float(p.blur_sigma[i]):.1f} px")
+    if p.noise_std is not None and p.noise_std[i] > 0:
+        lines[2].append("noise")
+    if p.erase is not None and p.erase[i, 2] > 0:
+        lines[2].append("erased")
+    return "\n".join(", ".join(line) for line in lines if line)
 
 
 def _levers(spec: AugmentSpec) -> str:

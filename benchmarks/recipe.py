@@ -4,7 +4,8 @@
 Each variant is a train.py config file, `benchmarks/recipes/NAME.yaml` (its first comment
 line is the variant's description), read on top of `benchmarks/reference.yaml` — the recipe
 before the study (the reference reports' recipe at 64 px, 10 epochs) — so a variant names only
-what it changes, whatever train.py's defaults are. The study ran in bf16 (`--mixed-precision`).
+what it changes, whatever train.py's defaults are. The study's first rows ran in bf16, later ones
+in float32 (`--mixed-precision`; the table's autocast column).
 A stage trains every variant the same way:
 
     screen   folds 0 and 1 of the 5-fold split (2 processes: one fold each), for ablations
@@ -123,6 +124,7 @@ def row(name: str, stage: str, run: Path, folds: list[int] | None = None) -> dic
         "description": describe(RECIPES / f"{name}.yaml"),
         "folds": folds,
         "source": run.name,
+        "precision": yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")).get("mixed_precision") or "no",
         "oof": {"accuracy": oof_acc, "roc_auc": float(roc_auc_score(oof_y, oof_p))},
         "oof_threshold": threshold,
         "test_auc": float(roc_auc_score(test_y, test_p)),
@@ -134,6 +136,11 @@ def row(name: str, stage: str, run: Path, folds: list[int] | None = None) -> dic
         "wall_seconds": results["wall_seconds"] if folds == results["folds_done"] else None,
         "fold_train_minutes": [fold_minutes(run / f"fold{k}" / "metrics.jsonl") for k in folds],
     }
+
+
+def key(r: dict) -> tuple[str, str, str]:
+    """A table row's identity: variant, stage and autocast (rows from before it was recorded: bf16)."""
+    return r["variant"], r["stage"], r.get("precision", "bf16")
 
 
 def fold_minutes(path: Path) -> float:
@@ -152,15 +159,16 @@ def fold_train_minutes(r: dict) -> float:
 
 def markdown(rows: list[dict]) -> str:
     head = (
-        "| variant | stage | folds | OOF acc | OOF AUC | test AUC | test acc@0.5 | sens@0.5 | spec@0.5 "
+        "| variant | stage | folds | autocast | OOF acc | OOF AUC | test AUC | test acc@0.5 | sens@0.5 | spec@0.5 "
         "| thr (OOF) | test acc@thr | sens@thr | spec@thr | single-fold test AUC | min/fold |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for r in rows:
         a, b = r["test_at_0.5"], r["test_at_oof_threshold"]
         lines.append(
-            f"| {r['variant']} | {r['stage']} | {len(r['folds'])} | {r['oof']['accuracy']:.3f} | "
+            f"| {r['variant']} | {r['stage']} | {len(r['folds'])} | {r.get('precision', 'bf16')} | "
+            f"{r['oof']['accuracy']:.3f} | "
             f"{r['oof']['roc_auc']:.3f} | **{r['test_auc']:.3f}** | {a['accuracy']:.3f} | {a['sensitivity']:.3f} | "
             f"{a['specificity']:.3f} | {r['oof_threshold']:.2f} | **{b['accuracy']:.3f}** | {b['sensitivity']:.3f} | "
             f"{b['specificity']:.3f} | {' / '.join(f'{v:.3f}' for v in r['test_auc_per_fold'])} | "
@@ -184,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         default="bf16",
         help="autocast of every variant (the study's table: bf16; 'no' on a CPU without AVX-512 BF16)",
     )
+    p.add_argument("--results-dir", default=str(RESULTS), help="where recipe-study.{md,json} go")
     p.add_argument("--table-only", action="store_true", help="tabulate finished runs, train nothing")
     args = p.parse_args(argv)
     names = args.variants or sorted(f.stem for f in RECIPES.glob("*.yaml"))
@@ -192,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"no recipe file for {missing} in {RECIPES}")
     runs = ROOT / args.runs_dir
     runs.mkdir(parents=True, exist_ok=True)
-    study = RESULTS / "recipe-study.json"
+    results = ROOT / args.results_dir
+    results.mkdir(parents=True, exist_ok=True)
+    study = results / "recipe-study.json"
     for name in names:
         out = runs / f"{name}-{args.stage}"
         final = runs / f"{name}-final"
@@ -207,12 +218,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  done in {(time.monotonic() - started) / 60:.1f} min", flush=True)
         if (out / "results.json").exists():
             # Read the table afresh: another study process may have added rows meanwhile.
-            table = {(r["variant"], r["stage"]): r for r in (json.loads(study.read_text()) if study.exists() else [])}
-            table[(name, args.stage)] = row(name, args.stage, out, folds)
+            table = {key(r): r for r in (json.loads(study.read_text()) if study.exists() else [])}
+            new = row(name, args.stage, out, folds)
+            table[key(new)] = new
             rows = sorted(table.values(), key=lambda r: (r["stage"] != "final", r["variant"]))
             atomic_write_json(study, rows)
-            atomic_write_text(RESULTS / "recipe-study.md", markdown(rows))
-    print((RESULTS / "recipe-study.md").read_text() if study.exists() else "no finished runs yet")
+            atomic_write_text(results / "recipe-study.md", markdown(rows))
+    print((results / "recipe-study.md").read_text() if study.exists() else "no finished runs yet")
     return 0
 
 

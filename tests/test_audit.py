@@ -92,3 +92,32 @@ def test_the_audit_module_runs_as_a_command(tiny_data, cache_dir, tmp_path):
     proc = subprocess.run([*cmd, "--out", str(tmp_path / "a.json")], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "a.json").read_text())["classes"] == ["NORMAL", "PNEUMONIA"]
+
+
+def _framed(root: Path, split: str, cls: str, n: int, band: bool, seed: int) -> list[str]:
+    """Noise images; with `band`, the bottom quarter is brighter (like a diaphragm sitting lower in the frame)."""
+    rng = np.random.default_rng(seed)
+    files = []
+    for i in range(n):
+        arr = rng.integers(60, 160, (48, 48)).astype(np.uint8)
+        if band:
+            arr[36:] += 60
+        path = root / split / cls / f"{cls}-{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(arr).save(path)
+        files.append(path.relative_to(root).as_posix())
+    return files
+
+
+def test_a_planted_layout_shift_of_one_class_is_flagged_for_that_class_only(tmp_path):
+    files = _framed(tmp_path, "train", "NORMAL", 30, False, 1) + _framed(tmp_path, "train", "PNEUMONIA", 30, False, 2)
+    files += _framed(tmp_path, "test", "NORMAL", 15, True, 3) + _framed(tmp_path, "test", "PNEUMONIA", 15, False, 4)
+    decoded = decode_dataset(tmp_path, files, 48, cache_dir=tmp_path / "cache", workers=0)
+    labels = np.array([0] * 30 + [1] * 30 + [0] * 15 + [1] * 15)
+    report = audit(decoded, labels, ("NORMAL", "PNEUMONIA"), 1, np.arange(60), {"test": np.arange(60, 90)})
+    shift = report["layout"]["shift_auc"]["test"]
+    assert shift["NORMAL"] > 0.95  # the band gives test NORMALs away
+    assert shift["PNEUMONIA"] < 0.7  # same noise process in both splits
+    layout_warnings = [w for w in report["warnings"] if "pixel layout" in w]
+    assert len(layout_warnings) == 1
+    assert "of NORMAL images differs between test and the training pool" in layout_warnings[0]

@@ -19,6 +19,7 @@ from pneumo.evaluation.clinical import SALIENCY_IMAGES
 from pneumo.evaluation.evaluate import evaluate_run, predict_images, split_tables
 from pneumo.flags import ArgumentParser, integer, threshold_policy
 from pneumo.metrics.bootstrap import RESAMPLES
+from pneumo.models.inference import TTA_VIEWS
 from pneumo.report.site import run_pixels, write_report
 from pneumo.training.distributed import available_cpus
 from pneumo.utils import console
@@ -77,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=integer(0, note=" (0 = none)"),
         default=SALIENCY_IMAGES,
         help="Grad-CAM figures of up to N misclassified and N random images of the split (0: none)",
+    )
+    p.add_argument(
+        "--tta",
+        choices=tuple(TTA_VIEWS),
+        default=None,
+        help="test-time augmentation (default: as trained); another one than the run's writes "
+        "evaluation/SPLIT-tta-TTA/, its operating point still chosen on the run's out-of-fold predictions",
     )
     p.add_argument("--batch-size", type=integer(1), default=64, help="inference batch size")
     p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default=None, help="default: as trained")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from conftest import TINY_COUNTS, run_cli
 from PIL import Image
 
@@ -61,6 +62,38 @@ def test_evaluate_refuses_unreadable_images_writing_nothing(run_two, tmp_path):
 
 def _evaluate(out, cache_dir, *extra: str, check: bool = True):
     return run_cli(["evaluate.py", str(out), "--cache-dir", str(cache_dir), "--threads", "1", *extra], check=check)
+
+
+def _fold_probs(path: Path) -> dict[str, np.ndarray]:
+    """{file stem: each fold's P(PNEUMONIA)} of a predictions CSV."""
+    rows = list(csv.DictReader(path.open()))
+    return {Path(r["file"]).stem: np.array([float(r[f"fold{k}_prob_PNEUMONIA"]) for k in range(5)]) for r in rows}
+
+
+def test_evaluate_with_flip_tta_averages_each_model_over_the_image_and_its_mirror(
+    run_two, cache_dir, tiny_data, tmp_path
+):
+    out, _ = run_two  # trained without TTA
+    size = yaml.safe_load((out / "config.yaml").read_text())["image_size"]
+    external, mirrored = tmp_path / "external", tmp_path / "mirrored"
+    mirrored.mkdir()
+    for f in (tiny_data / "test").rglob("*.jpeg"):  # at the model's size already: decoding them resizes nothing
+        (external / "test" / f.parent.name).mkdir(parents=True, exist_ok=True)
+        with Image.open(f) as img:
+            small = img.convert("L").resize((size, size))
+        small.save(external / "test" / f.parent.name / f"{f.stem}.png")
+        small.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirrored / f"{f.stem}.png")
+    _evaluate(out, cache_dir, "--data-dir", str(external), "--tta", "flip", "--saliency-images", "0")
+    section = out / "evaluation" / "test-tta-flip"
+    assert json.loads((section / "results.json").read_text())["tta"] == "flip"
+    run_cli(["evaluate.py", str(out), "--images", str(external / "test"), "--out", str(tmp_path / "plain.csv")])
+    run_cli(["evaluate.py", str(out), "--images", str(mirrored), "--out", str(tmp_path / "mirror.csv")])
+    plain, mirror = _fold_probs(tmp_path / "plain.csv"), _fold_probs(tmp_path / "mirror.csv")
+    tta = _fold_probs(section / "predictions.csv")
+    assert sorted(tta) == sorted(plain) and len(tta) == sum(TINY_COUNTS["test"])
+    for stem, probs in tta.items():
+        np.testing.assert_allclose(probs, (plain[stem] + mirror[stem]) / 2, atol=1e-5, err_msg=stem)
+    assert max(np.abs(tta[s] - plain[s]).max() for s in tta) > 0.001  # the mirror changes the predictions
 
 
 def test_evaluate_external_set_holding_only_the_split(run_two, tiny_data, cache_dir, tmp_path):

@@ -94,6 +94,7 @@ EVALUATE_BAD_VALUES = [
     ("--threshold-policy", "youden:0.5"),
     ("--bootstrap-resamples", "100"),
     ("--saliency-images", "-2"),
+    ("--tta", "mirror"),
 ]
 EVALUATE_FREE_TEXT = {"run_dir", "data_dir", "split", "images", "out", "cache_dir", "compare"}
 

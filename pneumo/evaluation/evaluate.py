@@ -112,17 +112,19 @@ def evaluate_run(run_dir: Path, args: Namespace) -> dict:
     files = [decoded.files[i] for i in idx]
     labels = layout.splits[args.split].labels[[layout.splits[args.split].files.index(f) for f in files]]
     loader = make_loader(PixelDataset(decoded), eval_batches(idx, args.batch_size), accelerator.device, 0)
-    tta = models[0].meta.get("tta", "none")
+    trained_tta = models[0].meta.get("tta", "none")
+    tta = args.tta or trained_tta
     per_fold = predict([(m.model, m.norm) for m in models], loader, accelerator.device, accelerator.autocast, tta)
     folds = [m.fold for m in models]
     section = {
         "split": args.split,
+        "tta": tta,
         "data_dir": str(layout.root),
         "in_pool": in_pool,
         **({"label": IN_POOL} if in_pool else {}),
         **evaluate_split(files, labels, per_fold, folds, classes, positive),
     }
-    out = run_dir / "evaluation" / args.split
+    out = run_dir / "evaluation" / (args.split if tta == trained_tta else f"{args.split}-tta-{tta}")
     section["clinical"] = clinical_section(
         run_dir,
         folds,
@@ -184,7 +186,7 @@ def predict_images(run_dir: Path, args: Namespace) -> Path:
         (pixels[i : i + args.batch_size], torch.arange(i, min(i + args.batch_size, len(decoded))))
         for i in range(0, len(decoded), args.batch_size)
     ]
-    tta = models[0].meta.get("tta", "none")
+    tta = args.tta or models[0].meta.get("tta", "none")
     per_fold = predict([(m.model, m.norm) for m in models], batches, accelerator.device, accelerator.autocast, tta)
     positive = int(models[0].meta["positive"])
     out = Path(args.out) if args.out else run_dir / "image_predictions.csv"

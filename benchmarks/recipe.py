@@ -167,7 +167,7 @@ def markdown(rows: list[dict]) -> str:
     for r in rows:
         a, b = r["test_at_0.5"], r["test_at_oof_threshold"]
         lines.append(
-            f"| {r['variant']} | {r['stage']} | {len(r['folds'])} | {r.get('precision', 'bf16')} | "
+            f"| {r['variant']} | {r['stage']} | {len(r['folds'])} | {key(r)[2]} | "
             f"{r['oof']['accuracy']:.3f} | "
             f"{r['oof']['roc_auc']:.3f} | **{r['test_auc']:.3f}** | {a['accuracy']:.3f} | {a['sensitivity']:.3f} | "
             f"{a['specificity']:.3f} | {r['oof_threshold']:.2f} | **{b['accuracy']:.3f}** | {b['sensitivity']:.3f} | "

@@ -113,9 +113,9 @@ def image_statistics(decoded: DecodedImages, indices: np.ndarray) -> dict[str, n
 
 
 def layout_features(decoded: DecodedImages, indices: np.ndarray, size: int = LAYOUT_SIZE) -> np.ndarray:
-    """Each image box-averaged to size x size, less its own mean, over its own SD; one row per image."""
-    if decoded.pixels is None:
-        raise PneumoError("the audit needs decoded pixels; run it without --no-cache")
+    """Each image box-averaged to size x size, less its own mean, over its own SD; one row per image.
+
+    The audit calls it after `pixel_statistics`, which refuses a decode without pixels."""
     small = [np.asarray(Image.fromarray(decoded.pixels[i]).resize((size, size), Image.BOX)) for i in indices]
     x = np.asarray(small, dtype=np.float64).reshape(len(indices), size * size)
     return (x - x.mean(axis=1, keepdims=True)) / (x.std(axis=1, keepdims=True) + 1e-6)

@@ -194,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="zero-initialise each residual block's last BatchNorm (timm's default; torchvision's is off)",
     )
+    g.add_argument(
+        "--drop-path",
+        type=number(0, 1, high_open=True),
+        default=0.0,
+        help="stochastic depth: timm's drop_path_rate, each residual branch dropped up to this rate (0: off)",
+    )
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=integer(1), default=20, help="epochs per fold")
@@ -274,6 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--aug-erase-p", type=probability, default=0.25, help="probability of erasing a rectangle (2-20%% of the image)"
+    )
+    g.add_argument(
+        "--mixstyle",
+        type=probability,
+        default=0.0,
+        help="MixStyle: per batch with probability P, mix each image's feature mean/SD with another's after "
+        "the first three stages (training only; 0: off)",
     )
     g.add_argument(
         "--tta",
@@ -463,15 +476,20 @@ def check_together(args: argparse.Namespace, where: dict[str, str] | None = None
 
 
 def validate(args: argparse.Namespace) -> None:
-    """Fail fast, before any heavy work: the flags together, and a --pretrained-file of another
-    architecture than --model (values alone were checked when parsed)."""
+    """Fail fast, before any heavy work: the flags together, a --pretrained-file of another
+    architecture than --model, and a model option (--mixstyle, --drop-path) the model lacks
+    (values alone were checked when parsed)."""
     check_together(args)
-    if args.pretrained_file:
-        from pneumo.models.factory import create_model
+    if not (args.pretrained_file or args.mixstyle or args.drop_path):
+        return
+    from pneumo.models.factory import create_model
+    from pneumo.models.mixstyle import stage_modules
 
-        # Seconds now rather than after decoding the data set: weights of another
-        # architecture are refused here, naming the file.
-        create_model(args.model, pretrained_file=args.pretrained_file)
+    # Seconds now rather than after decoding the data set: weights of another architecture
+    # are refused here, naming the file.
+    model = create_model(args.model, pretrained_file=args.pretrained_file, drop_path=args.drop_path, init="timm")
+    if args.mixstyle:
+        stage_modules(model)
 
 
 def result_keys_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -70,6 +70,8 @@ TRAIN_BAD_VALUES = [
     ("--aug-noise-p", "-1"),
     ("--aug-noise-std", "1"),
     ("--aug-erase-p", "1.1"),
+    ("--mixstyle", "1.5"),
+    ("--drop-path", "1"),
     ("--tta", "mirror"),
     ("--threshold-policy", "sensitivity:1.5"),
     ("--saliency-images", "-1"),

@@ -8,6 +8,7 @@ import re
 
 import numpy as np
 import pytest
+import yaml
 from conftest import TRAIN_ARGS, read_jsonl, run_cli
 
 from pneumo.data.predictions import read_predictions
@@ -63,6 +64,8 @@ def test_two_process_checkpoints_equal_one_process_checkpoints(run_two, run_one)
         assert (two / f"fold{k}" / "metrics.jsonl").read_text().count("loss") > 0
     assert (two / "predictions_test.csv").read_text() == (one / "predictions_test.csv").read_text()
     assert (two / "oof.csv").read_text() == (one / "oof.csv").read_text()
+    config = yaml.safe_load((two / "config.yaml").read_text())
+    assert (config["mixstyle"], config["drop_path"]) == (0.5, 0.1)  # the model's own random draws are covered
 
 
 def test_run_directory_holds_the_promised_outputs(run_two):

@@ -30,17 +30,21 @@ def create_model(
     pretrained_file: str | Path | None = None,
     init: str = "xavier",
     zero_init_last: bool = True,
+    drop_path: float = 0.0,
 ) -> nn.Module:
     """`timm.create_model` with dropout before a fresh `num_classes` head.
 
     `pretrained_file` goes through timm's own pretrained loader (the classifier is dropped
     and re-initialised when its shape differs); `pretrained` downloads from the hub.
     Without either, `init` chooses Xavier-uniform or timm's default initialisation;
-    `zero_init_last=False` keeps each residual block's last BatchNorm at weight 1 (torchvision).
+    `zero_init_last=False` keeps each residual block's last BatchNorm at weight 1 (torchvision);
+    `drop_path` is timm's stochastic-depth rate (0: off).
     """
     kwargs = {"num_classes": num_classes, "drop_rate": dropout}
     if not zero_init_last:
         kwargs["zero_init_last"] = False
+    if drop_path:
+        kwargs["drop_path_rate"] = drop_path
     try:
         if pretrained_file:
             model = timm.create_model(
@@ -56,7 +60,8 @@ def create_model(
     try:
         model = timm.create_model(name, **kwargs)
     except TypeError as exc:
-        raise PneumoError(f"--no-zero-init-last: {name} has no zero_init_last option ({exc})") from exc
+        flag = "--no-zero-init-last" if "zero_init_last" in str(exc) else "--drop-path"
+        raise PneumoError(f"{flag}: {name} has no such option ({exc})") from exc
     if init == "xavier":
         xavier_init(model)
     return model

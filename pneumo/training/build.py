@@ -16,6 +16,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler
 from pneumo.data.augment import AugmentSpec
 from pneumo.data.mixing import MixSpec
 from pneumo.models.factory import create_model, lr_groups
+from pneumo.models.mixstyle import attach_mixstyle
 from pneumo.training.engine import Trainable
 
 
@@ -36,7 +37,10 @@ def build_trainable(
         pretrained_file=cfg.pretrained_file,
         init=cfg.init,
         zero_init_last=cfg.zero_init_last,
+        drop_path=cfg.drop_path,
     )
+    if cfg.mixstyle:
+        attach_mixstyle(model, cfg.mixstyle)
     model.to(device, memory_format=torch.channels_last)
     scale = cfg.backbone_lr_scale
     groups = None if scale == 1 else (lambda m: lr_groups(m, cfg.lr, scale))

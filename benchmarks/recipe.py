@@ -66,7 +66,9 @@ def train(name: str, stage: str, data_dir: str, out: Path, processes: int, mixed
     config = out.with_suffix(".yaml")
     resolved = {**REFERENCE, "mixed_precision": mixed_precision, **own}
     atomic_write_text(config, f"# {describe(recipe)}\n" + yaml.safe_dump(resolved, sort_keys=True))
-    args = ["train.py", "--config", str(config), "--data-dir", data_dir, "--output-dir", str(out), *STAGES[stage]]
+    # --keep-state keeps each fold's last weights beside its best (selected) ones, so both can be judged.
+    args = ["train.py", "--config", str(config), "--data-dir", data_dir, "--output-dir", str(out), "--keep-state"]
+    args += STAGES[stage]
     if processes > 1:
         launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
         launch += [str(ROOT / "accelerate_configs" / "cpu_2proc.yaml"), "--num_processes", str(processes)]

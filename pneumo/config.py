@@ -222,6 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="sampler",
         help="class imbalance: WeightedRandomSampler, class-weighted loss, or nothing",
     )
+    g.add_argument(
+        "--select",
+        choices=("loss", "auc", "last"),
+        default="loss",
+        help="the fold's checkpoint: the epoch of lowest validation loss, of highest validation ROC-AUC, or the last",
+    )
     g.add_argument("--warmup-epochs", type=number(0), default=0.0, help="linear learning-rate warmup before the cosine")
     g.add_argument(
         "--label-smoothing",

@@ -105,3 +105,14 @@ def test_out_of_fold_rows_are_recalibrated_without_their_own_fold():
     for method in ("temperature", "platt"):
         np.testing.assert_array_equal(curves["oof"][method][folds == 2], curves2["oof"][method][folds == 2])
         assert not np.array_equal(curves["oof"][method][folds != 2], curves2["oof"][method][folds != 2])
+
+
+def test_a_single_fold_run_calibrates_the_splits_and_leaves_out_of_fold_uncalibrated_only():
+    positive, probs, folds, test = _oof_and_test(10)
+    one = folds == folds[0]
+    numbers, curves = calibrate(positive[one], probs[one], folds[one], {"test": test}, 0.5)
+    assert list(curves["oof"]) == ["uncalibrated"] and list(numbers["splits"]["oof"]) == ["uncalibrated"]
+    for method, params in numbers["methods"].items():
+        alone = fit_calibrator(method, positive[one], probs[one], 0.5)
+        assert alone.params == params
+        np.testing.assert_array_equal(curves["test"][method], alone.apply(test[1]))

@@ -71,6 +71,7 @@ TRAIN_BAD_VALUES = [
     ("--aug-noise-std", "1"),
     ("--aug-erase-p", "1.1"),
     ("--mixstyle", "1.5"),
+    ("--select", "first"),
     ("--drop-path", "1"),
     ("--tta", "mirror"),
     ("--threshold-policy", "sensitivity:1.5"),

@@ -181,3 +181,38 @@ def test_crop_keeps_the_central_fraction_before_letterboxing():
     Image.fromarray(arr).save(buf, "PNG")
     out = decode(buf.getvalue(), 80, Preprocess(crop=0.8))  # 160x80 crop: exactly the box, letterboxed
     assert out[20:60, :].min() == 255 and out[:20].max() == 0 and out[60:].max() == 0
+
+
+def test_select_scores_each_epoch_by_its_criterion_lower_is_better():
+    from pneumo.training.trainer import selection_score
+
+    early = {"epoch": 2, "val": {"loss": 0.20, "roc_auc": 0.990}}
+    late = {"epoch": 9, "val": {"loss": 0.25, "roc_auc": 0.995}}
+    assert selection_score("loss", early) < selection_score("loss", late)
+    assert selection_score("auc", late) < selection_score("auc", early)
+    assert selection_score("last", late) < selection_score("last", early)
+
+
+def _records(run: Path, fold: int) -> list[dict]:
+    return [json.loads(line) for line in (run / f"fold{fold}" / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_select_auc_keeps_the_epoch_of_highest_validation_auc(tiny_data, cache_dir, tmp_path):
+    out = tmp_path / "auc"
+    train(tiny_data, out, cache_dir, "--train-folds", "0", "--epochs", "3", "--select", "auc")
+    records = _records(out, 0)
+    aucs = [r["val"]["roc_auc"] for r in records]
+    result = json.loads((out / "fold0" / "result.json").read_text())
+    assert result["best_epoch"] == records[aucs.index(max(aucs))]["epoch"]  # the first of equal maxima
+    assert result["val"]["roc_auc"] == pytest.approx(max(aucs), abs=1e-9)
+
+
+def test_select_last_keeps_the_last_epochs_weights(tiny_data, cache_dir, tmp_path):
+    out = tmp_path / "last"
+    train(tiny_data, out, cache_dir, "--train-folds", "1", "--epochs", "3", "--select", "last", "--keep-state")
+    result = json.loads((out / "fold1" / "result.json").read_text())
+    assert result["best_epoch"] == 3
+    state = torch.load(out / "fold1" / "state.pt", weights_only=True)
+    best, _ = load_weights_file(out / "fold1" / "best.safetensors")
+    for key, value in state["ema"].items():
+        assert torch.equal(best[key], value), key

@@ -254,7 +254,7 @@ def clinical_tables(section: dict) -> list[Table]:
     for kind in ("uncalibrated", *METHODS):
         cells = []
         for by_kind in cal["splits"].values():
-            m = by_kind[kind]
-            cells += [f"{m['ece']:.3f}", f"{m['brier']:.3f}", str(m["positive_at_0.5"])]
+            m = by_kind.get(kind)  # absent: out-of-fold rows of a one-fold run cannot be cross-fitted
+            cells += [f"{m['ece']:.3f}", f"{m['brier']:.3f}", str(m["positive_at_0.5"])] if m else ["n/a"] * 3
         calib.add_row(kind, *cells)
     return [table, calib]

@@ -159,13 +159,15 @@ def calibrate(
     Returns (numbers, curves): numbers per method with its parameters and, for out-of-fold
     (cross-fitted by fold) and each split, ECE/Brier before and after; curves hold the
     probabilities before and after, per split, for reliability diagrams. `splits` maps a
-    name to (positive, probs) and is never used for fitting.
+    name to (positive, probs) and is never used for fitting. Out-of-fold predictions of a
+    single fold have no recalibrated rows (there is no other fold to fit on).
     """
     positive = np.asarray(oof_positive, dtype=bool)
     fitted = {m: fit_calibrator(m, positive, oof_probs, train_prior) for m in methods}
     curves = {"oof": {"uncalibrated": np.asarray(oof_probs, dtype=np.float64)}}
-    for m in methods:
-        curves["oof"][m] = cross_fitted(m, positive, oof_probs, oof_folds, train_prior)
+    if len(np.unique(oof_folds)) > 1:  # cross-fitting needs another fold: one fold has no recalibrated rows
+        for m in methods:
+            curves["oof"][m] = cross_fitted(m, positive, oof_probs, oof_folds, train_prior)
     for name, (_, probs) in splits.items():
         curves[name] = {"uncalibrated": np.asarray(probs, dtype=np.float64)}
         curves[name].update({m: c.apply(probs) for m, c in fitted.items()})

@@ -36,7 +36,7 @@ class Progress:
     epoch: int
     totals: EpochTotals
     sampler_epoch_start: torch.Tensor
-    best_loss: float
+    best_score: float  # the --select criterion's value at the best epoch (lower is better)
     best_epoch: int
     history: list[dict]
 
@@ -53,7 +53,7 @@ def save_progress(path: Path, fold: int, t: Trainable, p: Progress, aug: torch.G
             "sampler_epoch_start": p.sampler_epoch_start,
             "augment": aug.get_state(),
             "rng": _rng_state(device),
-            "best_loss": p.best_loss,
+            "best_score": p.best_score,
             "best_epoch": p.best_epoch,
             "history": p.history,
             "model": t.model.state_dict(),
@@ -82,5 +82,10 @@ def restore_progress(path: Path, t: Trainable, aug: torch.Generator, device: tor
     aug.set_state(s["augment"])
     _set_rng_state(s["rng"], device)
     return Progress(
-        s["epoch"], EpochTotals(**s["totals"]), s["sampler_epoch_start"], s["best_loss"], s["best_epoch"], s["history"]
+        s["epoch"],
+        EpochTotals(**s["totals"]),
+        s["sampler_epoch_start"],
+        s.get("best_score", s.get("best_loss")),  # states written before --select held the val loss
+        s["best_epoch"],
+        s["history"],
     )

@@ -108,8 +108,9 @@ def train_fold(
             record["seconds"] = round(time.monotonic() - epoch_started, 3)
             weights = t.ema.module if t.ema is not None else t.model
             event = EpochEnd(fold, record, val_probs, weights, p.totals.indices)
-            if record["val"]["loss"] < p.best_loss:
-                p.best_loss, p.best_epoch = record["val"]["loss"], record["epoch"]
+            score = selection_score(cfg.select, record)
+            if score < p.best_score:
+                p.best_score, p.best_epoch = score, record["epoch"]
                 handlers.new_best(event)
             handlers.epoch_end(event)
             p.history.append(record)
@@ -209,6 +210,16 @@ def _epoch_record(
             "class_loss": class_losses(val_labels, val_probs, classes),
         },
     }
+
+
+def selection_score(select: str, record: dict) -> float:
+    """The --select criterion of an epoch's record, lower is better: the validation loss, the
+    negated validation ROC-AUC (0 when undefined), or the negated epoch (the last one wins)."""
+    if select == "auc":
+        return -(record["val"]["roc_auc"] or 0.0)
+    if select == "last":
+        return -float(record["epoch"])
+    return record["val"]["loss"]
 
 
 def _finish(fold: int, data: FoldData, env: FoldEnv, p: Progress, seconds: float) -> dict:

@@ -30,7 +30,7 @@ from pneumo.utils.errors import PneumoError
 # Keys that change where or how fast a run goes, never its numbers: ignored when a run
 # directory's recorded config is compared with a new invocation (resume).
 # Recipe levers added after runs were first recorded and on by default since the recipe study:
-# a run recorded before such a flag existed trained with it off.
+# a run recorded before such a flag existed trained with it off (and kept its lowest-loss epoch).
 OFF_BEFORE_IT_EXISTED = {
     "label_smoothing": 0.0,
     "mixup": 0.0,
@@ -43,6 +43,11 @@ OFF_BEFORE_IT_EXISTED = {
     "aug_contrast": 0.0,
     "aug_brightness": 0.0,
     "aug_erase_p": 0.0,
+    "aug_blur_p": 0.0,
+    "aug_blur_sigma": 0.0,
+    "aug_noise_p": 0.0,
+    "aug_noise_std": 0.0,
+    "select": "loss",
 }
 NON_RESULT_KEYS = frozenset(
     {
@@ -202,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=integer(1), default=20, help="epochs per fold")
+    g.add_argument("--epochs", type=integer(1), default=40, help="epochs per fold")
     g.add_argument("--batch-size", type=integer(1), default=32, help="batch size per fold")
     g.add_argument(
         "--opt", type=timm_optimizer, default="adamw", help="optimizer name for timm.optim.create_optimizer_v2"
@@ -225,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--select",
         choices=("loss", "auc", "last"),
-        default="loss",
+        default="last",
         help="the fold's checkpoint: the epoch of lowest validation loss, of highest validation ROC-AUC, or the last",
     )
     g.add_argument("--warmup-epochs", type=number(0), default=0.0, help="linear learning-rate warmup before the cosine")
@@ -263,25 +268,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.06,
         help="shift, uniform in +-FRACTION of the image",
     )
-    g.add_argument("--aug-gamma", type=number(0), default=0.3, help="gamma, log-uniform in [1/(1+G), 1+G]")
+    g.add_argument("--aug-gamma", type=number(0), default=0.6, help="gamma, log-uniform in [1/(1+G), 1+G]")
     g.add_argument(
-        "--aug-contrast", type=number(0, 1, high_open=True), default=0.3, help="contrast factor, uniform in 1 +- C"
+        "--aug-contrast", type=number(0, 1, high_open=True), default=0.5, help="contrast factor, uniform in 1 +- C"
     )
     g.add_argument(
         "--aug-brightness",
         type=number(0, 1, high_open=True),
-        default=0.1,
+        default=0.15,
         help="brightness offset, uniform in +-B (0..1 scale)",
     )
-    g.add_argument("--aug-blur-p", type=probability, default=0.0, help="probability of a Gaussian blur")
+    g.add_argument("--aug-blur-p", type=probability, default=0.5, help="probability of a Gaussian blur")
     g.add_argument(
-        "--aug-blur-sigma", type=number(0, 10), default=0.0, help="blur sigma, uniform in [0.1, SIGMA] pixels"
+        "--aug-blur-sigma", type=number(0, 10), default=1.0, help="blur sigma, uniform in [0.1, SIGMA] pixels"
     )
-    g.add_argument("--aug-noise-p", type=probability, default=0.0, help="probability of Gaussian noise")
+    g.add_argument("--aug-noise-p", type=probability, default=0.5, help="probability of Gaussian noise")
     g.add_argument(
         "--aug-noise-std",
         type=number(0, 1, high_open=True),
-        default=0.0,
+        default=0.03,
         help="noise std, uniform in [0, STD] (0..1 scale)",
     )
     g.add_argument(

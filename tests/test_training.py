@@ -168,7 +168,8 @@ def test_epoch_record_holds_the_validation_loss_of_each_class(run_two):
     out, _ = run_two
     for k in range(N_FOLDS):
         records = read_jsonl(out / f"fold{k}" / "metrics.jsonl")
-        best = min(records, key=lambda r: r["val"]["loss"])  # its predictions are val_predictions.csv
+        best_epoch = json.loads((out / f"fold{k}" / "result.json").read_text())["best_epoch"]
+        best = next(r for r in records if r["epoch"] == best_epoch)  # its predictions are val_predictions.csv
         val = read_predictions(out / f"fold{k}" / "val_predictions.csv", CLASSES)
         for c, name in enumerate(CLASSES):
             mine = val.labels == c

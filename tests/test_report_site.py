@@ -159,8 +159,8 @@ def test_tensorboard_fold_runs_hold_every_curve_and_their_own_hparams(run_two):
         start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
         hparams = start.session_start_info.hparams
         assert hparams["fold"].number_value == k and hparams["model"].string_value == "test_resnet"
-        result = read_jsonl(out / f"fold{k}" / "metrics.jsonl")  # the best epoch's validation loss
-        best = min(r["val"]["loss"] for r in result)
+        best_epoch = json.loads((out / f"fold{k}" / "result.json").read_text())["best_epoch"]
+        best = next(r["val"]["loss"] for r in records if r["epoch"] == best_epoch)  # the chosen epoch's
         assert acc.Scalars("final/val_loss")[-1].value == pytest.approx(best, rel=1e-6)
     assert not list(out.glob("fold*/tensorboard/*/"))  # no separate runs beside the folds' own
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import read_jsonl, run_cli
+from conftest import run_cli
 from PIL import Image
 from sklearn.metrics import classification_report
 

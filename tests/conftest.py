@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -165,3 +167,11 @@ def run_one(tiny_data, cache_dir, tmp_path_factory) -> tuple[Path, subprocess.Co
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def load_script(path: Path, name: str) -> ModuleType:
+    """A script (train.py, benchmarks/NAME.py) imported as a module, to call its functions in this process."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

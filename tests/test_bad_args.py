@@ -6,7 +6,6 @@ nothing is written: no run directory, no decode cache, no predictions.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -15,7 +14,7 @@ import pytest
 import timm
 import torch
 import yaml
-from conftest import ROOT, run_cli, train_args
+from conftest import ROOT, load_script, run_cli, train_args
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -28,10 +27,7 @@ from pneumo.utils.errors import PneumoError
 
 def _cli(name: str) -> ModuleType:
     """train.py or evaluate.py imported as a module, to call its main() in this process."""
-    spec = importlib.util.spec_from_file_location(f"{name}_cli", ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / f"{name}.py", f"{name}_cli")
 
 
 @pytest.fixture

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from conftest import load_script
 
 from pneumo.data.predictions import write_predictions
 from pneumo.evaluation.results import write_split_predictions
@@ -19,10 +19,7 @@ CLASSES = ["NORMAL", "PNEUMONIA"]
 
 @pytest.fixture(scope="module")
 def recipe():
-    spec = importlib.util.spec_from_file_location("recipe_study", ROOT / "benchmarks" / "recipe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "benchmarks" / "recipe.py", "recipe_study")
 
 
 def probs(p_pneumonia: list[float]) -> np.ndarray:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-from conftest import train
+from conftest import load_script, train
 from sklearn.metrics import roc_auc_score
 
 from pneumo.data.predictions import read_predictions
@@ -18,10 +17,7 @@ CLASSES = ["NORMAL", "PNEUMONIA"]
 
 @pytest.fixture(scope="module")
 def selection():
-    spec = importlib.util.spec_from_file_location("selection_study", ROOT / "benchmarks" / "selection.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "benchmarks" / "selection.py", "selection_study")
 
 
 def test_chosen_and_last_weights_are_scored_on_the_test_split(selection, tiny_data, cache_dir, tmp_path):

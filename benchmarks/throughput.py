@@ -182,7 +182,7 @@ def sampled_batches(labels: np.ndarray, batch_size: int, generator: torch.Genera
     """Training batches, epoch after epoch, from pneumo's own balanced sampler."""
     indices = np.arange(len(labels))
     while True:
-        yield from train_batches(indices, labels, int(labels.max()) + 1, batch_size, generator, balanced=True)
+        yield from train_batches(indices, labels, int(labels.max()) + 1, batch_size, generator, balance="sampler")
 
 
 class PneumoSteps:

@@ -223,9 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--balance",
-        choices=("sampler", "loss", "none"),
+        choices=("sampler", "sqrt", "loss", "none"),
         default="sampler",
-        help="class imbalance: WeightedRandomSampler, class-weighted loss, or nothing",
+        help="class imbalance: WeightedRandomSampler drawing classes equally (sampler) or in proportion to the "
+        "square root of their counts (sqrt), class-weighted loss, or nothing",
     )
     g.add_argument(
         "--select",

@@ -69,9 +69,10 @@ def test_prior_shift_turns_balanced_training_into_pool_calibrated_probabilities(
     assert expected_calibration_error(positive, fitted.apply(balanced)) < 0.01
 
 
-def test_training_prior_is_balanced_for_sampler_and_weighted_loss_and_the_pool_otherwise():
+def test_training_prior_of_each_balance_choice():
     assert balance_prior("sampler", 0.74) == balance_prior("loss", 0.74) == 0.5
     assert balance_prior("none", 0.74) == 0.74
+    assert balance_prior("sqrt", 0.74) == pytest.approx(0.74**0.5 / (0.74**0.5 + 0.26**0.5))
 
 
 def _oof_and_test(seed: int):

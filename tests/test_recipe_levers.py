@@ -18,7 +18,9 @@ from torch import nn
 from pneumo.config import parse_args
 from pneumo.data.cache import cache_key
 from pneumo.data.images import Preprocess, decode, equalize
+from pneumo.data.loader import train_batches
 from pneumo.data.mixing import MixSpec, cutmix_box, mix_batch
+from pneumo.metrics.calibration import balance_prior
 from pneumo.models.checkpoint import load_weights_file
 from pneumo.models.factory import create_model
 from pneumo.models.inference import predict
@@ -216,3 +218,20 @@ def test_select_last_keeps_the_last_epochs_weights(tiny_data, cache_dir, tmp_pat
     best, _ = load_weights_file(out / "fold1" / "best.safetensors")
     for key, value in state["ema"].items():
         assert torch.equal(best[key], value), key
+
+
+@pytest.mark.parametrize(("balance", "expected"), [("sampler", 0.5), ("sqrt", 3**0.5 / (1 + 3**0.5)), ("none", 0.75)])
+def test_class_balance_draws_each_class_at_its_prior(balance, expected):
+    """A 1:3 pool: the sampler draws 50/50, sqrt sampling sqrt(3):1, no balancing the pool's 3:1
+    (a plain shuffle: every image once); balance_prior names the same prevalence."""
+    labels = np.array([0] * 1000 + [1] * 3000)
+    indices = np.arange(10_000, 14_000)
+    batches = train_batches(indices, labels, 2, 100, torch.Generator().manual_seed(0), balance)
+    drawn = np.concatenate(batches) - 10_000
+    assert len(batches) == 40
+    assert labels[drawn].mean() == pytest.approx(expected, abs=0.02)
+    assert balance_prior(balance, 0.75) == pytest.approx(expected)
+    if balance == "none":
+        assert sorted(drawn) == list(range(4000))
+    again = train_batches(indices, labels, 2, 100, torch.Generator().manual_seed(0), balance)
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again))

@@ -44,24 +44,30 @@ def make_loader(dataset: PixelDataset, batches: list[np.ndarray], device: torch.
     )
 
 
-def sample_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
-    """Per-sample weights 1 / (count of its class): each class drawn equally often."""
+# --balance choices that draw batches with a WeightedRandomSampler, and the power of the class
+# count each sample's weight is divided by: 1 draws every class equally often; 0.5 (square-root
+# sampling, Mahajan et al. 2018) draws a class in proportion to the square root of its count.
+SAMPLER_POWER = {"sampler": 1.0, "sqrt": 0.5}
+
+
+def sample_weights(labels: np.ndarray, n_classes: int, power: float = 1.0) -> torch.Tensor:
+    """Per-sample weights 1 / (count of its class) ** power."""
     counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
-    return torch.as_tensor(1.0 / counts[labels], dtype=torch.float64)
+    return torch.as_tensor(counts[labels] ** -power, dtype=torch.float64)
 
 
 def train_batches(
-    indices: np.ndarray, labels: np.ndarray, n_classes: int, batch_size: int, generator: torch.Generator, balanced: bool
+    indices: np.ndarray, labels: np.ndarray, n_classes: int, batch_size: int, generator: torch.Generator, balance: str
 ) -> list[np.ndarray]:
-    """One epoch of training batches over `indices` (WeightedRandomSampler when balanced).
+    """One epoch of training batches over `indices`: a WeightedRandomSampler for the `--balance`
+    choices in SAMPLER_POWER, a plain shuffle otherwise.
 
     The last incomplete batch is dropped (a batch of one breaks batch norm) unless it is the
     only one.
     """
-    if balanced:
-        sampler = WeightedRandomSampler(
-            sample_weights(labels, n_classes), len(indices), replacement=True, generator=generator
-        )
+    if balance in SAMPLER_POWER:
+        weights = sample_weights(labels, n_classes, SAMPLER_POWER[balance])
+        sampler = WeightedRandomSampler(weights, len(indices), replacement=True, generator=generator)
         order = np.fromiter(iter(sampler), dtype=np.int64, count=len(indices))
     else:
         order = torch.randperm(len(indices), generator=generator).numpy()

@@ -46,10 +46,15 @@ def balance_prior(balance: str, pool_prevalence: float) -> float:
     """The positive-class prevalence a model is effectively trained at under `--balance`.
 
     The sampler draws both classes equally; the class-weighted loss (weights inversely
-    proportional to class counts) has the same minimiser as a 50/50 sample; `none` trains
-    at the pool's prevalence.
+    proportional to class counts) has the same minimiser as a 50/50 sample; `sqrt` draws each
+    class in proportion to the square root of its count; `none` trains at the pool's prevalence.
     """
-    return pool_prevalence if balance == "none" else 0.5
+    if balance == "none":
+        return pool_prevalence
+    if balance == "sqrt":
+        root = np.sqrt(pool_prevalence)
+        return float(root / (root + np.sqrt(1.0 - pool_prevalence)))
+    return 0.5
 
 
 @dataclass

@@ -147,7 +147,7 @@ def _train_epoch(
         len(data.splits.classes),
         cfg.batch_size,
         sampler,
-        cfg.balance == "sampler",
+        cfg.balance,
     )
     loader = make_loader(data.dataset, batches[p.totals.step :], env.device, env.workers)
     label = f"fold {fold} epoch {p.epoch + 1}/{cfg.epochs}"

@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--balance",
         choices=("sampler", "sqrt", "loss", "none"),
-        default="sampler",
+        default="sqrt",
         help="class imbalance: WeightedRandomSampler drawing classes equally (sampler) or in proportion to the "
         "square root of their counts (sqrt), class-weighted loss, or nothing",
     )

@@ -24,7 +24,7 @@ def test_defaults_are_the_recipe_the_study_chose():
         0.3,
         5,
     )
-    assert (a.opt, a.balance, a.init) == ("adamw", "sampler", "xavier")
+    assert (a.opt, a.balance, a.init) == ("adamw", "sqrt", "xavier")
     assert (a.mixup, a.cutmix, a.label_smoothing, a.ema_decay) == (0.4, 1.0, 0.1, 0.998)
     assert (a.aug_scale, a.aug_aspect, a.aug_translate, a.aug_rotate, a.aug_flip) == ([0.85, 1.2], 1.15, 0.06, 10, 0.5)
     assert (a.aug_gamma, a.aug_contrast, a.aug_brightness, a.aug_erase_p) == (0.6, 0.5, 0.15, 0.25)

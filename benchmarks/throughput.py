@@ -178,11 +178,13 @@ def wait_at_barrier(folder: str, rank: int, world: int, timeout_s: float = 900.0
 # ----------------------------------------------------------------------------- measurements
 
 
-def sampled_batches(labels: np.ndarray, batch_size: int, generator: torch.Generator) -> Iterator[np.ndarray]:
-    """Training batches, epoch after epoch, from pneumo's own balanced sampler."""
+def sampled_batches(
+    labels: np.ndarray, batch_size: int, generator: torch.Generator, balance: str
+) -> Iterator[np.ndarray]:
+    """Training batches, epoch after epoch, from pneumo's own class sampler."""
     indices = np.arange(len(labels))
     while True:
-        yield from train_batches(indices, labels, int(labels.max()) + 1, batch_size, generator, balance="sampler")
+        yield from train_batches(indices, labels, int(labels.max()) + 1, batch_size, generator, balance)
 
 
 class PneumoSteps:
@@ -194,7 +196,8 @@ class PneumoSteps:
         self.dataset = PixelDataset(decoded)
         self.norm = norm_stats(decoded, np.arange(len(labels)))
         self.labels = torch.from_numpy(labels)
-        self.batches = sampled_batches(labels, job.batch_size, torch.Generator().manual_seed(seed))
+        generator = torch.Generator().manual_seed(seed)
+        self.batches = sampled_batches(labels, job.batch_size, generator, train_args([]).balance)
         self.aug = torch.Generator().manual_seed(100 + seed)
         self.totals = EpochTotals()
 

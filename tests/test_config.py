@@ -33,10 +33,10 @@ def test_defaults_are_the_recipe_the_study_chose():
 
 
 def test_the_study_recipe_file_is_exactly_the_defaults():
-    """benchmarks/recipes/tuned-last.yaml on top of the study's reference recipe gives train.py's defaults."""
+    """benchmarks/recipes/tl-sqrt.yaml on top of the study's reference recipe gives train.py's defaults."""
     root = Path(__file__).resolve().parent.parent
     reference = yaml.safe_load((root / "benchmarks" / "reference.yaml").read_text())
-    study = {**reference, **yaml.safe_load((root / "benchmarks" / "recipes" / "tuned-last.yaml").read_text())}
+    study = {**reference, **yaml.safe_load((root / "benchmarks" / "recipes" / "tl-sqrt.yaml").read_text())}
     defaults = vars(parse_args([]))
     assert {k: defaults[k] for k in study} == study
 

@@ -22,6 +22,8 @@ from scipy.special import expit, logit
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss
 
+from pneumo.data.loader import SAMPLER_POWER
+
 ECE_BINS = 15
 METHODS = ("temperature", "platt", "prior_shift")
 _EPS = 1e-7
@@ -45,16 +47,15 @@ def to_logit(probs: np.ndarray) -> np.ndarray:
 def balance_prior(balance: str, pool_prevalence: float) -> float:
     """The positive-class prevalence a model is effectively trained at under `--balance`.
 
-    The sampler draws both classes equally; the class-weighted loss (weights inversely
-    proportional to class counts) has the same minimiser as a 50/50 sample; `sqrt` draws each
-    class in proportion to the square root of its count; `none` trains at the pool's prevalence.
+    A sampler weighting each image by (count of its class) ** -power draws a class in
+    proportion to count ** (1 - power) (pneumo.data.loader.SAMPLER_POWER): 50/50 for the
+    balanced sampler. The class-weighted loss (weights inversely proportional to class counts)
+    has the same minimiser as a 50/50 sample (power 1); `none` keeps the pool's prevalence
+    (power 0).
     """
-    if balance == "none":
-        return pool_prevalence
-    if balance == "sqrt":
-        root = np.sqrt(pool_prevalence)
-        return float(root / (root + np.sqrt(1.0 - pool_prevalence)))
-    return 0.5
+    keep = 1.0 - {"loss": 1.0, "none": 0.0, **SAMPLER_POWER}[balance]
+    positive, negative = pool_prevalence**keep, (1.0 - pool_prevalence) ** keep
+    return float(positive / (positive + negative))
 
 
 @dataclass

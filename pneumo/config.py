@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run directory (created; resumed when it holds the same config)",
     )
     g.add_argument(
-        "--image-size", type=integer(32), default=64, help="square input size: resize keeping aspect ratio, pad"
+        "--image-size", type=integer(32), default=96, help="square input size: resize keeping aspect ratio, pad"
     )
     g.add_argument(
         "--keep-val-apart",
@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--aug-blur-p", type=probability, default=0.5, help="probability of a Gaussian blur")
     g.add_argument(
-        "--aug-blur-sigma", type=number(0, 10), default=1.0, help="blur sigma, uniform in [0.1, SIGMA] pixels"
+        "--aug-blur-sigma", type=number(0, 10), default=1.5, help="blur sigma, uniform in [0.1, SIGMA] pixels"
     )
     g.add_argument("--aug-noise-p", type=probability, default=0.5, help="probability of Gaussian noise")
     g.add_argument(

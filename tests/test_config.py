@@ -15,7 +15,7 @@ def test_defaults_are_the_recipe_the_study_chose():
     a = parse_args([])
     assert (a.model, a.image_size, a.epochs, a.batch_size, a.lr, a.weight_decay, a.min_lr, a.dropout, a.folds) == (
         "resnet18",
-        64,
+        96,
         40,
         32,
         1e-3,
@@ -28,15 +28,15 @@ def test_defaults_are_the_recipe_the_study_chose():
     assert (a.mixup, a.cutmix, a.label_smoothing, a.ema_decay) == (0.4, 1.0, 0.1, 0.998)
     assert (a.aug_scale, a.aug_aspect, a.aug_translate, a.aug_rotate, a.aug_flip) == ([0.85, 1.2], 1.15, 0.06, 10, 0.5)
     assert (a.aug_gamma, a.aug_contrast, a.aug_brightness, a.aug_erase_p) == (0.6, 0.5, 0.15, 0.25)
-    assert (a.aug_blur_p, a.aug_blur_sigma, a.aug_noise_p, a.aug_noise_std) == (0.5, 1.0, 0.5, 0.03)
+    assert (a.aug_blur_p, a.aug_blur_sigma, a.aug_noise_p, a.aug_noise_std) == (0.5, 1.5, 0.5, 0.03)
     assert (a.select, a.mixstyle, a.drop_path) == ("last", 0.0, 0.0)
 
 
 def test_the_study_recipe_file_is_exactly_the_defaults():
-    """benchmarks/recipes/tl-sqrt.yaml on top of the study's reference recipe gives train.py's defaults."""
+    """benchmarks/recipes/ts-96.yaml on top of the study's reference recipe gives train.py's defaults."""
     root = Path(__file__).resolve().parent.parent
     reference = yaml.safe_load((root / "benchmarks" / "reference.yaml").read_text())
-    study = {**reference, **yaml.safe_load((root / "benchmarks" / "recipes" / "tl-sqrt.yaml").read_text())}
+    study = {**reference, **yaml.safe_load((root / "benchmarks" / "recipes" / "ts-96.yaml").read_text())}
     defaults = vars(parse_args([]))
     assert {k: defaults[k] for k in study} == study
 

@@ -159,6 +159,12 @@ def fold_train_minutes(r: dict) -> float:
     return float(np.mean(r["fold_seconds"])) / 60
 
 
+def current_description(r: dict) -> str:
+    """A row's variant described by its YAML today, or by the row where the file is gone."""
+    path = RECIPES / f"{r['variant']}.yaml"
+    return describe(path) if path.exists() else r["description"]
+
+
 def markdown(rows: list[dict]) -> str:
     head = (
         "| variant | stage | folds | autocast | OOF acc | OOF AUC | test AUC | test acc@0.5 | sens@0.5 | spec@0.5 "
@@ -176,7 +182,8 @@ def markdown(rows: list[dict]) -> str:
             f"{b['specificity']:.3f} | {' / '.join(f'{v:.3f}' for v in r['test_auc_per_fold'])} | "
             f"{fold_train_minutes(r):.0f} |"
         )
-    variants = {r["variant"]: r["description"] for r in rows}
+    # The legend describes each recipe file as it stands (a row keeps the text it was tabulated with).
+    variants = {r["variant"]: current_description(r) for r in rows}
     descriptions = "\n".join(f"- **{name}**: {text}" for name, text in variants.items())
     return head + "\n".join(lines) + "\n\n" + descriptions + "\n"
 

@@ -98,4 +98,6 @@ def test_a_study_resumes_from_finished_runs_and_keeps_rows_of_other_precisions(t
     table = (results / "recipe-study.md").read_text()
     assert "| strong | screen | 2 | no | 0.857 | 0.917 | **0.750** |" in table
     assert "| strong | screen | 2 | bf16 |" in table
+    first_line = (recipe.RECIPES / "strong.yaml").read_text().splitlines()[0].removeprefix("# ")
+    assert f"- **strong**: {first_line}" in table and "an earlier bf16 row" not in table
     assert "training strong" not in capsys.readouterr().out

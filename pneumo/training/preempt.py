@@ -39,9 +39,19 @@ class StopFlag:
         return self
 
 
+def slurm_job_to_requeue() -> str | None:
+    """This job for `scontrol requeue`: ARRAYJOB_TASK inside a job array (that task alone), else SLURM_JOB_ID."""
+    env = os.environ
+    array, task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
+    # Not SLURM_JOB_ID inside an array: one task's job id is the array's own, which scontrol reads as every task.
+    if array and task:
+        return f"{array}_{task}"
+    return env.get("SLURM_JOB_ID") or None
+
+
 def requeue_if_asked(flag: StopFlag) -> None:
-    """Under SLURM, after a SIGUSR1 stop, requeue this job so it resumes by itself (global rank 0 only)."""
-    job = os.environ.get("SLURM_JOB_ID")
+    """Under SLURM, after a SIGUSR1 stop, requeue this job or array task to resume by itself (global rank 0 only)."""
+    job = slurm_job_to_requeue()
     if flag.signal not in REQUEUE_SIGNALS or not job or int(os.environ.get("RANK", "0")) != 0:
         return
     try:

@@ -63,6 +63,11 @@ NON_RESULT_KEYS = frozenset(
         "keep_state",
         "saliency_images",
         "report",
+        # How a run is split over launches and processes: SLURM array tasks train different folds
+        # into one run directory, and a resumed run may use another process count.
+        "train_folds",
+        "fold_plan",
+        "no_ensemble",
     }
 )
 
@@ -338,6 +343,13 @@ def build_parser() -> argparse.ArgumentParser:
         "reproducibility across launches needs the same value",
     )
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument(
+        "--fold-plan",
+        choices=("grouped", "round-robin"),
+        default="grouped",
+        help="how folds map to processes: whole rounds of one fold per process, then the remaining folds "
+        "data-parallel on groups of processes (grouped), or fold i on process i mod N only (round-robin)",
+    )
 
     g = p.add_argument_group("run")
     g.add_argument(
@@ -349,6 +361,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the run in --output-dir (also automatic when its config matches)",
     )
     g.add_argument("--overwrite", action="store_true", help="delete a previous run in --output-dir and start over")
+    g.add_argument(
+        "--no-ensemble",
+        action="store_true",
+        help="train this launch's folds and stop, without results, ensemble or report (SLURM fold arrays: "
+        "`evaluate.py RUN --ensemble` builds them once every fold is done)",
+    )
     g.add_argument(
         "--audit",
         action="store_true",

@@ -4,6 +4,7 @@ pneumo-evaluate runs/NAME                        # test split of the run's data 
 pneumo-evaluate runs/NAME --data-dir EXTERNAL --split test  # EXTERNAL/test/{NORMAL,PNEUMONIA} only
 pneumo-evaluate runs/NAME --split val --allow-pool-split    # a pool split: refused without the flag
 pneumo-evaluate runs/NAME --report                          # (re)write runs/NAME/report/ from the run's files
+pneumo-evaluate runs/NAME --ensemble                        # results + ensemble + report after a SLURM fold array
 pneumo-evaluate runs/NAME --images a.jpeg b.png some_dir/ --out preds.csv
 pneumo-evaluate --compare runs/A runs/B --out runs/comparison  # runs/comparison.md and .csv
 """
@@ -59,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write RUN_DIR/report/ (figures, report.html, report.md) from the run's files instead of evaluating",
     )
+    p.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="build what the end of training writes (results.json, the fold ensemble on the evaluation splits, "
+        "clinical evaluation, summary, report) from the run's finished folds: the last step after a SLURM fold "
+        "array (train.py --no-ensemble); every fold of the run must be done",
+    )
     p.add_argument("--compare", nargs="+", default=None, metavar="RUN", help="compare these finished runs in one table")
     p.add_argument(
         "--threshold-policy",
@@ -109,6 +117,8 @@ def check_together(args: argparse.Namespace) -> None:
     """Refuse flags that are fine alone but not together, before loading models or data."""
     if bool(args.run_dir) == bool(args.compare):
         raise PneumoError("give one run directory, or --compare RUN [RUN ...] (not both)")
+    if args.ensemble and (args.images or args.out or args.compare or args.report or args.data_dir):
+        raise PneumoError("--ensemble rebuilds the run's own results from its folds; run other modes separately")
     if args.report and (args.images or args.out or args.compare):
         raise PneumoError(
             "--report rewrites RUN_DIR/report/ from the run's files; run --images or --compare separately"
@@ -133,7 +143,12 @@ def main(argv: list[str] | None = None) -> int:
             console.log(f"comparison: {', '.join(str(p) for p in written)}")
             return 0
         run_dir = Path(args.run_dir).expanduser().resolve()
-        if args.report:
+        if args.ensemble:
+            from pneumo.runner import ensemble_run
+
+            overrides = {"cache_dir": args.cache_dir, "no_cache": args.no_cache, "workers": args.workers}
+            ensemble_run(run_dir, {**overrides, "threads": args.threads})
+        elif args.report:
             workers = args.workers if args.workers >= 0 else available_cpus()
             pixels = run_pixels(read_config(run_dir), cache_dir=args.cache_dir, no_cache=args.no_cache, workers=workers)
             console.log(f"report: {write_report(run_dir, pixels)}")

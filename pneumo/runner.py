@@ -6,26 +6,45 @@ import json
 import time
 import traceback
 from argparse import Namespace
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import torch
 from rich.console import Group
 
 from pneumo import rundir
 from pneumo.config import validate
 from pneumo.data.audit import audit, audit_table
+from pneumo.data.cache import DecodedImages
 from pneumo.data.dataset import check_folds, scan
 from pneumo.data.overlap import check_overlap
 from pneumo.data.prepare import decode_images, resolve_data_dir, unusable_images
-from pneumo.data.splits import build_splits
+from pneumo.data.splits import Splits, build_splits
 from pneumo.evaluation.clinical import add_clinical, clinical_tables
 from pneumo.evaluation.results import build_results, read_fold_results, summary_table
 from pneumo.report.site import pixels_from, write_report
-from pneumo.training.distributed import available_cpus, folds_for_process, make_accelerator, set_threads, wait_for
+from pneumo.training.claims import FoldClaims, describe, identity
+from pneumo.training.distributed import available_cpus, group_backend, make_accelerator, set_threads, wait_for
+from pneumo.training.group import make_groups
+from pneumo.training.plan import make_plan
 from pneumo.training.trainer import FoldEnv, train_fold
 from pneumo.utils import console
 from pneumo.utils.errors import NonFiniteLossError, PneumoError
 from pneumo.utils.fsutil import atomic_write_json, check_writable, read_json
-from pneumo.utils.run_files import AUDIT, OVERLAP, RESULT, SKIPPED, STATE, SUMMARY, fold_dir, folds_to_train
+from pneumo.utils.run_files import (
+    AUDIT,
+    OVERLAP,
+    PLAN,
+    RESULT,
+    RUN_INFO,
+    SKIPPED,
+    STATE,
+    SUMMARY,
+    fold_dir,
+    folds_to_train,
+    read_config,
+)
 
 EXIT_OK = 0
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped on request with state saved; run again to resume
@@ -41,9 +60,12 @@ def run_training(args: Namespace, should_stop=lambda: False) -> int:
     threads = set_threads(args.threads)
     data_dir, synthetic = resolve_data_dir(args.data_dir)
     config = {**vars(args), "data_dir": str(data_dir), "mixed_precision": accelerator.mixed_precision}
+    if args.no_ensemble:
+        config["train_folds"] = None  # the run's ensemble is every fold; this launch's share is in plan.json
     run_dir = Path(args.output_dir).expanduser().resolve()
     mode = rundir.decide(run_dir, config, resume=args.resume, overwrite=args.overwrite)
     check_writable(run_dir, "--output-dir")
+    claims = FoldClaims(run_dir)
     if is_main:
         console.log(
             f"{world} process(es), device {accelerator.device}, {threads} thread(s) each, "
@@ -55,41 +77,39 @@ def run_training(args: Namespace, should_stop=lambda: False) -> int:
                 "Pass --data-dir PATH/chest_xray for the real data.",
                 style="bold red",
             )
-    layout = scan(data_dir)
-    if is_main and layout.ignored_note():
-        console.log(layout.ignored_note())
-    check_folds(layout, args.folds, keep_val_apart=args.keep_val_apart, by_patient=not args.no_group)
-    decoded = decode_images(layout, args, args.workers if args.workers >= 0 else available_cpus())
-    bad = unusable_images(layout, decoded, args.on_bad_image)
-    splits = build_splits(layout, decoded, args)
-    if is_main:
-        audit_record = audit(decoded, splits.labels, splits.classes, splits.positive, splits.pool, splits.evals)
-        if args.audit:
-            console.console.print(audit_table(audit_record))
-            atomic_write_json(run_dir / AUDIT, audit_record)
-            console.log(f"audit: {run_dir / AUDIT}")
-        for line in audit_record["warnings"]:
-            console.warn(f"data audit: {line}")
+        if mode == "overwrite":
+            check_no_claims(claims, args.folds)
+    data = prepare_data(args, data_dir, is_main)
     if args.audit:
+        if is_main:
+            console.console.print(audit_table(data.audit))
+            atomic_write_json(run_dir / AUDIT, data.audit)
+            console.log(f"audit: {run_dir / AUDIT}")
         return EXIT_OK
-    quiet = lambda message: None
-    overlap = check_overlap(
-        decoded, splits, args.on_overlap, console.log if is_main else quiet, console.warn if is_main else quiet
-    )
-    fingerprint = rundir.data_fingerprint(decoded.files, decoded.sha1)
+    fingerprint = rundir.data_fingerprint(data.decoded.files, data.decoded.sha1)
     if mode == "resume":
         rundir.check_same_data(run_dir, fingerprint)
     if is_main:
         grouping = "duplicates" if args.no_group else "patient"
-        extra = {"synthetic": synthetic, "skipped_images": len(bad), "device": rundir.describe(accelerator.device)}
+        extra = {"synthetic": synthetic, "skipped_images": len(data.bad), "device": rundir.describe(accelerator.device)}
         info = rundir.run_info(data_dir, fingerprint, world, extra)
-        rundir.initialise(run_dir, mode, config, splits.folds_json(seed=args.seed, grouping=grouping), info)
-        if bad:
-            atomic_write_json(run_dir / SKIPPED, bad)
-        atomic_write_json(run_dir / AUDIT, audit_record)
-        atomic_write_json(run_dir / OVERLAP, overlap)
+        rundir.initialise(run_dir, mode, config, data.splits.folds_json(seed=args.seed, grouping=grouping), info)
+        if data.bad:
+            atomic_write_json(run_dir / SKIPPED, data.bad)
+        atomic_write_json(run_dir / AUDIT, data.audit)
+        atomic_write_json(run_dir / OVERLAP, data.overlap)
     accelerator.wait_for_everyone()
 
+    trained = folds_to_train(args)
+    pending = claims.claim_pending(trained, should_stop) if is_main else None
+    pending = share_from_main(pending)
+    if pending is None:
+        return EXIT_STOPPED
+    plan = make_plan(pending, world, grouped=args.fold_plan == "grouped")
+    if is_main:
+        console.log(f"fold plan ({world} process(es)): {plan.describe()}")
+        atomic_write_json(run_dir / PLAN, {**plan.to_json(), "launch": identity()})
+    groups = make_groups(plan, rank, accelerator.device, group_backend(accelerator.device, world))
     env = FoldEnv(
         args,
         run_dir,
@@ -98,47 +118,91 @@ def run_training(args: Namespace, should_stop=lambda: False) -> int:
         accelerator.mixed_precision,
         args.workers if args.workers >= 0 else threads,
     )
-    trained = folds_to_train(args)
-    for fold in folds_for_process(trained, rank, world):
-        out = fold_dir(run_dir, fold)
-        if (out / RESULT).exists():
-            status = read_json(out / RESULT)["status"]
-            hint = "" if status == "done" else f" (delete {out} to train it again)"
-            console.log(f"fold {fold}: already {status}, skipping{hint}")
-            continue
-        console.log(f"fold {fold}: training on process {rank}")
+    for fold in (g.fold for g in plan.for_rank(rank)):
+        env.group = group = groups[fold]
+        if not group.meet(should_stop):
+            return EXIT_STOPPED
+        where = f"process {rank}" if group.size == 1 else f"processes {list(group.ranks)} (data-parallel)"
+        console.log(f"fold {fold}: training on {where}")
         try:
-            if train_fold(fold, splits, decoded, env, should_stop) is None:
+            if train_fold(fold, data.splits, data.decoded, env, should_stop) is None:
                 console.log(f"fold {fold}: stopped; state saved, run the same command again to resume")
                 return EXIT_STOPPED
         except NonFiniteLossError as exc:
+            out = fold_dir(run_dir, fold)
             kept = "its last good epoch's checkpoint is kept" if (out / STATE).exists() else "it had no checkpoint yet"
             console.warn(f"fold {fold} failed: {exc}; {kept}; the other folds go on")
-            atomic_write_json(out / RESULT, {"fold": fold, "status": "failed", "reason": str(exc)})
-    if not is_main:
+            if group.is_leader:
+                atomic_write_json(out / RESULT, {"fold": fold, "status": "failed", "reason": str(exc)})
+    if not is_main or args.no_ensemble:
         return EXIT_OK
 
     results_files = [fold_dir(run_dir, k) / RESULT for k in trained]
-    waiting = lambda missing: console.log(f"waiting for {len(missing)} fold(s) on other processes")
-    if not wait_for(results_files, should_stop, on_wait=waiting):
+    waiting = lambda missing: console.log(f"waiting for {len(missing)} fold(s) on other processes or launches")
+    others = [k for k in trained if k not in pending]
+    if not wait_for(results_files, should_stop, on_wait=waiting, on_poll=lambda _: claims.check_not_abandoned(others)):
         return EXIT_STOPPED
-    fold_results = read_fold_results(run_dir, trained)
+    header = {
+        "data_dir": str(data_dir),
+        "synthetic": synthetic,
+        "processes": world,
+        "mixed_precision": accelerator.mixed_precision,
+        "wall_seconds": round(time.monotonic() - started, 1),
+    }
+    finish_run(run_dir, args, trained, data, header, accelerator.device)
+    return EXIT_OK
+
+
+@dataclass
+class RunData:
+    """The run's images decoded and checked, its folds and evaluation splits, and what the checks found."""
+
+    decoded: DecodedImages
+    splits: Splits
+    bad: dict[str, str]
+    audit: dict[str, Any]
+    overlap: dict[str, Any]
+
+
+def prepare_data(args: Namespace, data_dir: Path, is_main: bool) -> RunData:
+    """Scan, decode (through the cache), check and split the data as the run's flags say."""
+    layout = scan(data_dir)
+    if is_main and layout.ignored_note():
+        console.log(layout.ignored_note())
+    check_folds(layout, args.folds, keep_val_apart=args.keep_val_apart, by_patient=not args.no_group)
+    decoded = decode_images(layout, args, args.workers if args.workers >= 0 else available_cpus())
+    bad = unusable_images(layout, decoded, args.on_bad_image)
+    splits = build_splits(layout, decoded, args)
+    audit_record: dict[str, Any] = {}
+    if is_main:
+        audit_record = audit(decoded, splits.labels, splits.classes, splits.positive, splits.pool, splits.evals)
+        for line in audit_record["warnings"]:
+            console.warn(f"data audit: {line}")
+    quiet = lambda message: None
+    if args.audit:
+        return RunData(decoded, splits, bad, audit_record, {})
+    overlap = check_overlap(
+        decoded, splits, args.on_overlap, console.log if is_main else quiet, console.warn if is_main else quiet
+    )
+    return RunData(decoded, splits, bad, audit_record, overlap)
+
+
+def finish_run(run_dir: Path, args: Namespace, folds: list[int], data: RunData, header: dict[str, Any], device) -> None:
+    """From the finished folds' files: results.json, the ensemble, clinical evaluation, summary and report."""
+    fold_results = read_fold_results(run_dir, folds)
     if not any(r["status"] == "done" for r in fold_results):
         raise PneumoError(f"every fold failed; see {run_dir}/fold*/result.json")
     header = {
         "model": args.model,
-        "data_dir": str(data_dir),
-        "synthetic": synthetic,
         "image_size": args.image_size,
         "epochs": args.epochs,
         "n_folds": args.folds,
-        "processes": world,
-        "mixed_precision": accelerator.mixed_precision,
-        "wall_seconds": round(time.monotonic() - started, 1),
-        "overlap": overlap,
+        **header,
+        "overlap": data.overlap,
     }
-    results = build_results(run_dir, fold_results, splits.classes, splits.positive, header)
-    results = add_clinical(run_dir, results, config, decoded, accelerator.device)
+    config = {**vars(args), **{k: header[k] for k in ("data_dir", "mixed_precision")}}
+    results = build_results(run_dir, fold_results, data.splits.classes, data.splits.positive, header)
+    results = add_clinical(run_dir, results, config, data.decoded, device)
     table = Group(summary_table(results), *clinical_tables(results["clinical"]))
     console.console.print(table)
     with console.console.capture() as captured:
@@ -147,8 +211,59 @@ def run_training(args: Namespace, should_stop=lambda: False) -> int:
     console.log(f"results: {run_dir / 'results.json'}  (wall time {header['wall_seconds']:.0f}s)")
     console.log(json.dumps({"oof_accuracy": results["oof"]["accuracy"], "oof_roc_auc": results["oof"]["roc_auc"]}))
     if args.report:
-        report(run_dir, pixels_from(decoded))
-    return EXIT_OK
+        report(run_dir, pixels_from(data.decoded))
+
+
+def ensemble_run(run_dir: Path, overrides: dict[str, Any]) -> None:
+    """`evaluate.py RUN --ensemble`: what the end of training writes (results, ensemble, clinical
+    evaluation, summary, report), from the finished folds of a run trained by several launches
+    (a SLURM fold array). `overrides`: where to find the decode cache, how many decode workers."""
+    started = time.monotonic()
+    config = read_config(run_dir)
+    args = Namespace(**{**config, **overrides})
+    folds = folds_to_train(config)
+    missing = [k for k in folds if not (fold_dir(run_dir, k) / RESULT).exists()]
+    if missing:
+        raise PneumoError(
+            f"{run_dir}: fold(s) {missing} have no result yet (still training, or their launch failed); "
+            f"train them with `train.py ... --output-dir {run_dir} --train-folds {' '.join(map(str, missing))}`"
+        )
+    accelerator = make_accelerator(config["mixed_precision"])
+    set_threads(args.threads)
+    data = prepare_data(args, Path(config["data_dir"]), is_main=True)
+    rundir.check_same_data(run_dir, rundir.data_fingerprint(data.decoded.files, data.decoded.sha1))
+    header = {
+        "data_dir": config["data_dir"],
+        "synthetic": read_json(run_dir / RUN_INFO).get("synthetic", False),
+        "processes": max(json_or_empty(fold_dir(run_dir, k) / RESULT).get("processes", 1) for k in folds),
+        "mixed_precision": config["mixed_precision"],
+        "wall_seconds": round(time.monotonic() - started, 1),
+    }
+    finish_run(run_dir, args, folds, data, header, accelerator.device)
+
+
+def json_or_empty(path: Path) -> dict[str, Any]:
+    return read_json(path) if path.exists() else {}
+
+
+def check_no_claims(claims: FoldClaims, n_folds: int) -> None:
+    """--overwrite must not delete folds another launch is training right now."""
+    for fold in range(n_folds):
+        holder = claims.held_elsewhere(fold)
+        if holder is not None:
+            raise PneumoError(
+                f"--overwrite: fold {fold} of {claims.run_dir} is being trained by another launch "
+                f"({describe(holder)}); stop it first or choose another --output-dir"
+            )
+
+
+def share_from_main(value: Any) -> Any:
+    """The main process's `value`, on every process."""
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def report(run_dir: Path, pixels) -> None:

@@ -18,6 +18,7 @@ from pneumo.data.mixing import MixSpec
 from pneumo.models.factory import create_model, lr_groups
 from pneumo.models.mixstyle import attach_mixstyle
 from pneumo.training.engine import Trainable
+from pneumo.training.group import FoldGroup, sync_batchnorm
 
 
 def fold_seeds(seed: int, fold: int) -> tuple[int, int, int]:
@@ -27,9 +28,16 @@ def fold_seeds(seed: int, fold: int) -> tuple[int, int, int]:
 
 
 def build_trainable(
-    cfg: Namespace, device: torch.device, mixed_precision: str, class_counts: np.ndarray, n_steps: int
+    cfg: Namespace,
+    device: torch.device,
+    mixed_precision: str,
+    class_counts: np.ndarray,
+    n_steps: int,
+    group: FoldGroup | None = None,
 ) -> Trainable:
-    """A fold's model, optimiser, per-step cosine schedule, grad scaler and loss, from the flags."""
+    """A fold's model, optimiser, per-step cosine schedule, grad scaler and loss, from the flags;
+    in a `group` of several processes, its forward averages gradients over the group."""
+    group = group or FoldGroup((0,))
     model = create_model(
         cfg.model,
         dropout=cfg.dropout,
@@ -41,6 +49,7 @@ def build_trainable(
     )
     if cfg.mixstyle:
         attach_mixstyle(model, cfg.mixstyle)
+    model = sync_batchnorm(model, group)
     model.to(device, memory_format=torch.channels_last)
     scale = cfg.backbone_lr_scale
     groups = None if scale == 1 else (lambda m: lr_groups(m, cfg.lr, scale))
@@ -53,7 +62,9 @@ def build_trainable(
         weight = torch.as_tensor(
             class_counts.sum() / (len(class_counts) * class_counts), dtype=torch.float32, device=device
         )
-    forward = torch.compile(model) if cfg.compile else model
+    # Frozen backbone epochs leave parameters without gradients, which DDP must be told about.
+    forward = model if group.size == 1 else group.data_parallel(model, find_unused=cfg.freeze_epochs > 0)
+    forward = torch.compile(forward) if cfg.compile else forward
     ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True, warmup_power=3 / 4) if cfg.ema_decay else None
     return Trainable(
         model,
@@ -65,6 +76,7 @@ def build_trainable(
         AugmentSpec.from_config(cfg),
         MixSpec(cfg.mixup, cfg.cutmix),
         ema,
+        plain_eval=group.size > 1,
     )
 
 

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import os
+import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
 import torch
 
 from pneumo.utils.errors import PneumoError
-
-
-def folds_for_process(folds: Sequence[int], rank: int, world: int) -> list[int]:
-    """The i-th fold to train runs on process i mod world: each fold exactly once, spread evenly."""
-    return [k for i, k in enumerate(folds) if i % world == rank]
 
 
 def local_world_size() -> int:
@@ -51,7 +47,12 @@ def make_accelerator(mixed_precision: str | None):
     from accelerate.utils import InitProcessGroupKwargs
 
     # Processes meet only once after data preparation; allow a long cache build elsewhere.
-    handler = InitProcessGroupKwargs(timeout=timedelta(hours=6))
+    timeout = timedelta(hours=6)
+    handler = InitProcessGroupKwargs(timeout=timeout)
+    if gpus_shared():
+        # NCCL refuses two ranks on one GPU ("Duplicate GPU detected"): processes sharing GPUs
+        # meet over gloo; Accelerate then places process i on GPU i mod (GPUs) by itself.
+        torch.distributed.init_process_group("gloo", timeout=timeout)
     # Without a GPU, torchrun-launched processes (`accelerate launch --multi_gpu`) only form a
     # gloo process group when Accelerate is told to use the CPU.
     cpu = not torch.cuda.is_available()
@@ -78,6 +79,32 @@ def make_accelerator(mixed_precision: str | None):
     return accelerator
 
 
+def gpus_shared() -> bool:
+    """Whether this node launched more processes than it has GPUs (several processes per GPU)."""
+    launched = "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return launched and torch.cuda.is_available() and local_world_size() > torch.cuda.device_count()
+
+
+def group_backend(device: torch.device, world: int) -> Callable[[tuple[int, ...]], str]:
+    """The torch.distributed backend of each fold group: NCCL between distinct GPUs, else gloo.
+
+    Every process learns where every rank runs (one exchange, at the call) so that all of
+    them pick the same backend for each group.
+    """
+    here = (platform.node(), str(device))
+    where = [here]
+    if world > 1:
+        where = [None] * world
+        torch.distributed.all_gather_object(where, here)
+
+    def backend(ranks: tuple[int, ...]) -> str:
+        places = [where[r] for r in ranks]
+        on_gpus = device.type == "cuda" and torch.distributed.is_nccl_available()
+        return "nccl" if on_gpus and len(set(places)) == len(places) else "gloo"
+
+    return backend
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether oneDNN runs bf16 natively on this CPU (AVX-512 BF16 or AMX), as autocast needs to be fast."""
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -94,11 +121,13 @@ def wait_for(
     should_stop: Callable[[], bool],
     poll_s: float = 2.0,
     on_wait: Callable[[list[Path]], None] | None = None,
+    on_poll: Callable[[list[Path]], None] | None = None,
 ) -> bool:
     """Wait until every path exists (other processes' folds); False if asked to stop first.
 
     Polls the (shared) filesystem rather than blocking in a collective, so signals are
-    handled and no process-group timeout limits how long another fold may take.
+    handled and no process-group timeout limits how long another fold may take. `on_wait`
+    is called once when waiting starts, `on_poll` at every poll (it may raise).
     """
     announced = False
     while True:
@@ -110,4 +139,6 @@ def wait_for(
         if on_wait and not announced:
             on_wait(missing)
             announced = True
+        if on_poll:
+            on_poll(missing)
         time.sleep(poll_s)

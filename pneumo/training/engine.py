@@ -7,11 +7,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pneumo.data.augment import AugmentSpec, prepare_batch, sample_params
-from pneumo.data.mixing import MixSpec, mix_batch
+from pneumo.data.mixing import Mixed, MixSpec, mix_batch
 from pneumo.models.inference import Autocast, Batch
+from pneumo.training.group import FoldGroup
 from pneumo.utils.errors import NonFiniteLossError
 
 
@@ -50,11 +52,14 @@ class Trainable:
     augment: AugmentSpec = field(default_factory=AugmentSpec)
     mix: MixSpec = field(default_factory=MixSpec)
     ema: nn.Module | None = None  # timm ModelEmaV3, updated after every optimizer step
+    plain_eval: bool = False  # evaluate `model` rather than `forward` (a data-parallel wrapper)
 
     @property
     def eval_model(self) -> nn.Module:
         """What validation and checkpoints use: the EMA weights when kept, else the model."""
-        return self.ema.module if self.ema is not None else self.forward
+        if self.ema is not None:
+            return self.ema.module
+        return self.model if self.plain_eval else self.forward
 
 
 def train_one_epoch(
@@ -67,6 +72,7 @@ def train_one_epoch(
     device: torch.device,
     autocast: Autocast,
     should_stop: Callable[[], bool] = lambda: False,
+    group: FoldGroup | None = None,
 ) -> bool:
     """Train on `batches` (one optimizer step each, and one scheduler step per optimizer step
     really taken); False if stopped early.
@@ -75,22 +81,25 @@ def train_one_epoch(
     infinite loss raises NonFiniteLossError before the weights are touched. With fp16, the grad
     scaler skips the update of a batch whose gradients overflowed (and lowers its scale): the
     schedule then does not advance either, so the LR follows the updates actually made.
+    In a `group`, every member prepares the whole batch and trains on its own rows of it; the
+    loss, predictions and the decision to stop are the group's, so members never diverge.
     """
+    group = group or FoldGroup((0,))
     for pixels, idx in batches:
         x = pixels.to(device, non_blocking=True)
         y = labels[idx].to(device, non_blocking=True)
         x = prepare_batch(x, *norm, params=sample_params(len(idx), aug_generator, t.augment))
-        if t.mix.enabled:
-            mixed = mix_batch(x, y, t.mix, aug_generator)
-            with autocast():
-                logits = t.forward(mixed.x)
-            out = logits.float()
-            loss = mixed.lam * t.criterion(out, y) + (1 - mixed.lam) * t.criterion(out, mixed.partners)
+        mixed = mix_batch(x, y, t.mix, aug_generator) if t.mix.enabled else None
+        if mixed is not None:
+            x = mixed.x
+        rows = group.rows(len(idx))
+        with autocast():
+            logits = t.forward(x if group.size == 1 else x[rows])
+        loss = batch_loss(t.criterion, logits.float(), y, mixed, rows, group.size)
+        if group.size == 1:
+            value, preds, stop = loss.item(), logits.argmax(1), None
         else:
-            with autocast():
-                logits = t.forward(x)
-            loss = t.criterion(logits.float(), y)
-        value = loss.item()
+            value, preds, stop = _group_step(loss, logits, rows, len(idx), group, should_stop)
         if not math.isfinite(value):
             raise NonFiniteLossError(f"training loss became {value} at step {totals.step + 1} of the epoch")
         t.optimizer.zero_grad(set_to_none=True)
@@ -107,8 +116,42 @@ def train_one_epoch(
         totals.step += 1
         totals.loss_sum += value * len(idx)
         totals.labels.extend(y.tolist())
-        totals.preds.extend(logits.argmax(1).tolist())
+        totals.preds.extend(preds.tolist())
         totals.indices.extend(idx.tolist())
-        if should_stop():
+        if should_stop() if stop is None else stop:
             return False
     return True
+
+
+def batch_loss(
+    criterion: nn.CrossEntropyLoss, out: torch.Tensor, y: torch.Tensor, mixed: Mixed | None, rows: slice, size: int
+) -> torch.Tensor:
+    """The loss of `out` (this member's rows of the batch) whose gradient, averaged over a group
+    of `size`, is the gradient of the whole batch's mean loss: the member's summed loss over
+    the batch's total (class) weight, times `size`. Alone: `criterion` itself."""
+    if size == 1:
+        if mixed is None:
+            return criterion(out, y)
+        return mixed.lam * criterion(out, y) + (1 - mixed.lam) * criterion(out, mixed.partners)
+
+    def share(targets: torch.Tensor) -> torch.Tensor:
+        w, smoothing = criterion.weight, criterion.label_smoothing
+        total = F.cross_entropy(out, targets[rows], weight=w, label_smoothing=smoothing, reduction="sum")
+        return total / (len(targets) if w is None else w[targets].sum()) * size
+
+    if mixed is None:
+        return share(y)
+    return mixed.lam * share(y) + (1 - mixed.lam) * share(mixed.partners)
+
+
+def _group_step(
+    loss: torch.Tensor, logits: torch.Tensor, rows: slice, n: int, group: FoldGroup, should_stop: Callable[[], bool]
+) -> tuple[float, torch.Tensor, bool]:
+    """One exchange per step: the batch's mean loss, every row's prediction and whether any
+    member was asked to stop (all stop after the same step)."""
+    shared = torch.zeros(2 + n, device=logits.device, dtype=torch.float32)
+    shared[0] = loss.detach() / group.size
+    shared[1] = float(should_stop())
+    shared[2 + rows.start : 2 + rows.stop] = logits.detach().argmax(1).float()
+    group.sum(shared)
+    return shared[0].item(), shared[2:].long(), bool(shared[1].item() > 0)

@@ -11,6 +11,7 @@ import torch
 
 from pneumo.models.checkpoint import load_state, save_state
 from pneumo.training.engine import EpochTotals, Trainable
+from pneumo.training.group import FoldGroup
 from pneumo.utils.errors import PneumoError
 
 STATE_FORMAT = 1
@@ -41,8 +42,17 @@ class Progress:
     history: list[dict]
 
 
-def save_progress(path: Path, fold: int, t: Trainable, p: Progress, aug: torch.Generator, device: torch.device) -> None:
-    """Write the fold's full training state atomically (a kill leaves the previous one)."""
+def save_progress(
+    path: Path, fold: int, t: Trainable, p: Progress, aug: torch.Generator, device: torch.device, group: FoldGroup
+) -> None:
+    """Write the fold's full training state atomically (a kill leaves the previous one).
+
+    In a group every member calls this (each one's RNG state is kept); the leader writes.
+    """
+    rng = _rng_state(device)
+    members = group.gather_objects(rng) if group.size > 1 else None
+    if not group.is_leader:
+        return
     save_state(
         path,
         {
@@ -52,7 +62,8 @@ def save_progress(path: Path, fold: int, t: Trainable, p: Progress, aug: torch.G
             "totals": asdict(p.totals),
             "sampler_epoch_start": p.sampler_epoch_start,
             "augment": aug.get_state(),
-            "rng": _rng_state(device),
+            "rng": rng,
+            **({"group_rng": members} if members else {}),
             "best_score": p.best_score,
             "best_epoch": p.best_epoch,
             "history": p.history,
@@ -65,8 +76,14 @@ def save_progress(path: Path, fold: int, t: Trainable, p: Progress, aug: torch.G
     )
 
 
-def restore_progress(path: Path, t: Trainable, aug: torch.Generator, device: torch.device) -> Progress:
-    """Load a state written by save_progress into `t` and `aug`; where the fold stands."""
+def restore_progress(
+    path: Path, t: Trainable, aug: torch.Generator, device: torch.device, group: FoldGroup
+) -> Progress:
+    """Load a state written by save_progress into `t` and `aug`; where the fold stands.
+
+    A member of a group of the size that saved the state takes its own RNG state back; on a
+    group of another size every member continues from the leader's.
+    """
     s = load_state(path)
     if not isinstance(s, dict) or s.get("format") != STATE_FORMAT:
         raise PneumoError(
@@ -80,7 +97,8 @@ def restore_progress(path: Path, t: Trainable, aug: torch.Generator, device: tor
     if t.ema is not None:
         t.ema.module.load_state_dict(s["ema"])
     aug.set_state(s["augment"])
-    _set_rng_state(s["rng"], device)
+    members = s.get("group_rng") or []
+    _set_rng_state(members[group.rank] if len(members) == group.size > 1 else s["rng"], device)
     return Progress(
         s["epoch"],
         EpochTotals(**s["totals"]),

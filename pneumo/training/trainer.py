@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from argparse import Namespace
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,8 @@ from pneumo.models.fold_model import load_fold_model
 from pneumo.models.inference import Autocast, predict
 from pneumo.training.build import build_trainable, fold_seeds
 from pneumo.training.engine import EpochTotals, Trainable, train_one_epoch
-from pneumo.training.events import EpochEnd
+from pneumo.training.events import EpochEnd, Handlers
+from pneumo.training.group import FoldGroup, member_seed
 from pneumo.training.handlers import fold_handlers
 from pneumo.training.state import Progress, restore_progress, save_progress
 from pneumo.utils import console
@@ -51,6 +52,7 @@ class FoldEnv:
     autocast: Autocast
     mixed_precision: str
     workers: int
+    group: FoldGroup = field(default_factory=lambda: FoldGroup((0,)))
 
 
 @dataclass
@@ -74,38 +76,43 @@ def train_fold(
 ) -> dict | None:
     """Train `fold` to the end (or until `should_stop()`), then evaluate its best checkpoint.
 
-    Returns the fold's result (also written to foldK/result.json), or None when stopped early
-    with the state saved for a resume.
+    Returns the fold's result (also written to foldK/result.json by the group's leader), or None
+    when stopped early with the state saved for a resume.
     """
-    cfg, out, started = env.cfg, fold_dir(env.run_dir, fold), time.monotonic()
+    cfg, out, started, group = env.cfg, fold_dir(env.run_dir, fold), time.monotonic(), env.group
     out.mkdir(parents=True, exist_ok=True)
     data = FoldData.of(fold, splits, decoded)
     n_steps = steps_per_epoch(len(data.train_idx), cfg.batch_size)
     init_seed, sampler_seed, aug_seed = fold_seeds(cfg.seed, fold)
     torch.manual_seed(init_seed)
     class_counts = np.bincount(splits.labels[data.train_idx], minlength=len(splits.classes))
-    t = build_trainable(cfg, env.device, env.mixed_precision, class_counts, n_steps)
+    t = build_trainable(cfg, env.device, env.mixed_precision, class_counts, n_steps, group)
+    if group.size > 1:
+        torch.manual_seed(member_seed(init_seed, group))  # each member's own dropout draws for its rows
     sampler, aug = torch.Generator().manual_seed(sampler_seed), torch.Generator().manual_seed(aug_seed)
     if (out / STATE).exists():
-        p = restore_progress(out / STATE, t, aug, env.device)
+        p = restore_progress(out / STATE, t, aug, env.device, group)
         console.log(f"fold {fold}: resuming at epoch {p.epoch + 1}, step {p.totals.step}")
     else:
         p = Progress(0, EpochTotals(), sampler.get_state(), math.inf, -1, [])
     meta = {"fold": fold, **{k: vars(cfg)[k] for k in _META_FLAGS}, "classes": list(splits.classes)}
     meta.update(positive=splits.positive, mean=data.norm[0], std=data.norm[1])
-    handlers = fold_handlers(out, fold, cfg, splits, data.val_idx, meta, p.history, env.mixed_precision)
+    handlers = Handlers([])  # a group's leader writes the fold's files
+    if group.is_leader:
+        handlers = fold_handlers(out, fold, cfg, splits, data.val_idx, meta, p.history, env.mixed_precision)
     try:
         while p.epoch < cfg.epochs:
             epoch_started = time.monotonic()
             images_per_second = _train_epoch(fold, data, t, p, sampler, aug, env, should_stop)
             if images_per_second is None:
-                save_progress(out / STATE, fold, t, p, aug, env.device)
+                save_progress(out / STATE, fold, t, p, aug, env.device, group)
                 return None
             train_seconds = time.monotonic() - epoch_started
-            val_probs = _predict(data, data.val_idx, t.eval_model, env)
+            val_probs = _predict(data, data.val_idx, t.eval_model, env, group=group)
             head_only = p.epoch < cfg.freeze_epochs
             record = _epoch_record(p, t, data, val_probs, head_only, images_per_second, train_seconds)
             record["seconds"] = round(time.monotonic() - epoch_started, 3)
+            record["processes"] = group.size
             weights = t.ema.module if t.ema is not None else t.model
             event = EpochEnd(fold, record, val_probs, weights, p.totals.indices)
             score = selection_score(cfg.select, record)
@@ -115,9 +122,11 @@ def train_fold(
             handlers.epoch_end(event)
             p.history.append(record)
             p.epoch, p.totals, p.sampler_epoch_start = p.epoch + 1, EpochTotals(), sampler.get_state()
-            save_progress(out / STATE, fold, t, p, aug, env.device)
-            if should_stop():
+            save_progress(out / STATE, fold, t, p, aug, env.device, group)
+            if _group_stops(group, should_stop):
                 return None
+        if not group.is_leader:
+            return {"fold": fold, "status": "trained by the group"}
         result = _finish(fold, data, env, p, time.monotonic() - started)
         handlers.fold_end(result)
         return result
@@ -164,16 +173,29 @@ def _train_epoch(
                 env.device,
                 env.autocast,
                 should_stop,
+                env.group,
             )
         except NonFiniteLossError as exc:
             raise NonFiniteLossError(f"epoch {p.epoch + 1}: {exc}") from exc
     return bar.rate() if finished else None
 
 
-def _predict(data: FoldData, idx: np.ndarray, model: torch.nn.Module, env: FoldEnv, norm=None) -> np.ndarray:
-    """The probabilities of `model` on the pool or evaluation images `idx`."""
-    loader = make_loader(data.dataset, eval_batches(idx, env.cfg.batch_size), env.device, env.workers)
-    return predict([(model, norm or data.norm)], loader, env.device, env.autocast, env.cfg.tta)[0]
+def _predict(
+    data: FoldData, idx: np.ndarray, model: torch.nn.Module, env: FoldEnv, norm=None, group: FoldGroup | None = None
+) -> np.ndarray:
+    """The probabilities of `model` on the pool or evaluation images `idx`; with a `group`,
+    each member predicts its share and every member gets them all."""
+    mine = group.shard(idx) if group else idx
+    loader = make_loader(data.dataset, eval_batches(mine, env.cfg.batch_size), env.device, env.workers)
+    probs = predict([(model, norm or data.norm)], loader, env.device, env.autocast, env.cfg.tta)[0]
+    return group.gather_rows(probs, len(idx)) if group else probs
+
+
+def _group_stops(group: FoldGroup, should_stop) -> bool:
+    """Whether any member was asked to stop (all members decide together)."""
+    if group.size == 1:
+        return should_stop()
+    return bool(group.sum(torch.tensor([float(should_stop())], device=group.device)).item() > 0)
 
 
 def _epoch_record(
@@ -247,6 +269,7 @@ def _finish(fold: int, data: FoldData, env: FoldEnv, p: Progress, seconds: float
             splits.labels[idx], probs, splits.classes, splits.positive, files
         )
     result["seconds"] = round(seconds, 1)
+    result["processes"] = env.group.size
     atomic_write_json(out / RESULT, result)
     if not env.cfg.keep_state:
         # A done fold is never resumed (its result.json says so): its resume state is dead weight.

@@ -24,12 +24,14 @@ RESULTS = "results.json"
 REPORT = "classification_report.txt"
 SUMMARY = "summary.txt"
 OOF = "oof.csv"
+PLAN = "plan.json"  # the fold plan of the latest launch into the run
 # In each fold's directory:
 BEST = "best.safetensors"
 STATE = "state.pt"
 RESULT = "result.json"
 VAL_PREDICTIONS = "val_predictions.csv"
 METRICS_LOG = "metrics.jsonl"
+CLAIM = "claim.lock"  # held (flock) by the launch training the fold
 
 
 def fold_dir(run_dir: Path, fold: int) -> Path:

@@ -1,0 +1,162 @@
+"""Fold plans and data-parallel fold groups: the plan for common process counts, and a fold trained
+on a group of processes taking the same steps as the fold trained by one process."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from pneumo.data.augment import AugmentSpec
+from pneumo.data.loader import train_batches
+from pneumo.data.mixing import MixSpec, mix_batch
+from pneumo.training.engine import EpochTotals, Trainable, batch_loss, train_one_epoch
+from pneumo.training.group import FoldGroup
+from pneumo.training.plan import fold_time, make_plan
+
+
+def _rounds(plan) -> list[list[tuple[int, tuple[int, ...]]]]:
+    return [[(g.fold, g.ranks) for g in r] for r in plan.rounds]
+
+
+def test_two_processes_five_folds_train_four_two_at_a_time_then_the_fifth_on_both():
+    plan = make_plan(list(range(5)), 2)
+    assert _rounds(plan) == [[(0, (0,)), (1, (1,))], [(2, (0,)), (3, (1,))], [(4, (0, 1))]]
+
+
+def test_four_processes_five_folds_train_four_then_the_fifth_on_all_four():
+    plan = make_plan(list(range(5)), 4)
+    assert _rounds(plan) == [[(0, (0,)), (1, (1,)), (2, (2,)), (3, (3,))], [(4, (0, 1, 2, 3))]]
+
+
+def test_ten_processes_five_folds_train_every_fold_on_a_pair():
+    plan = make_plan(list(range(5)), 10)
+    assert _rounds(plan) == [[(k, (2 * k, 2 * k + 1)) for k in range(5)]]
+
+
+def test_eight_processes_five_folds_use_every_process_in_every_round():
+    plan = make_plan(list(range(5)), 8)
+    assert all(sum(g.size for g in r) == 8 for r in plan.rounds)
+    # Four folds on pairs, then the fifth on all eight: 1/(2*0.9) + 1/(8*0.9**3) fold-times.
+    assert plan.wall() == pytest.approx(fold_time(2) + fold_time(8))
+    assert plan.wall() < make_plan(list(range(5)), 8, grouped=False).wall()
+
+
+def test_every_fold_is_planned_exactly_once_and_no_process_twice_in_a_round():
+    for processes in range(1, 13):
+        for n_folds in range(1, 11):
+            plan = make_plan(list(range(10, 10 + n_folds)), processes)
+            assert sorted(g.fold for g in plan.groups) == list(range(10, 10 + n_folds))
+            for r in plan.rounds:
+                ranks = [x for g in r for x in g.ranks]
+                assert len(ranks) == len(set(ranks)) and set(ranks) <= set(range(processes))
+
+
+def test_round_robin_plan_is_fold_i_on_process_i_mod_n():
+    plan = make_plan([0, 1, 2, 3, 4], 2, grouped=False)
+    assert [(g.fold, g.ranks) for g in plan.groups] == [(k, (k % 2,)) for k in range(5)]
+    assert plan.wall() == 3 and plan.ideal() == 2.5
+
+
+def test_group_rows_cover_a_batch_once_in_order():
+    for size in (1, 2, 3, 4):
+        for n in (7, 8, 32):
+            rows = [FoldGroup(tuple(range(size)), r).rows(n) for r in range(size)]
+            assert [i for s in rows for i in range(n)[s]] == list(range(n))
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("mixing", [False, True])
+def test_group_loss_shares_average_to_the_whole_batch_loss(weighted, mixing):
+    g = torch.Generator().manual_seed(0)
+    out, y = torch.randn(9, 2, generator=g), torch.randint(0, 2, (9,), generator=g)
+    weight = torch.tensor([2.0, 0.5]) if weighted else None
+    criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=0.1)
+    mixed = mix_batch(torch.zeros(9, 1, 4, 4), y, MixSpec(0.4, 0.0), g) if mixing else None
+    whole = (
+        criterion(out, y)
+        if mixed is None
+        else mixed.lam * criterion(out, y) + (1 - mixed.lam) * criterion(out, mixed.partners)
+    )
+    for size in (2, 3):
+        shares = []
+        for r in range(size):
+            rows = FoldGroup(tuple(range(size)), r).rows(9)
+            shares.append(batch_loss(criterion, out[rows], y, mixed, rows, size))
+        assert float(sum(shares) / size) == pytest.approx(float(whole), rel=1e-6)
+
+
+# A fold trained data-parallel must take the same optimiser steps as the fold alone. Batch norm
+# is what makes them differ on CPU (each member normalises over its own rows), so this model has
+# GroupNorm: everything else (sampling, augmentation, mixing, loss shares, gradient averaging,
+# the shared loss and predictions) must then agree to float rounding.
+STEPS, BATCH, SIZE = 4, 8, 24
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.GroupNorm(2, 8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 2),
+    )
+
+
+def _train(group: FoldGroup) -> tuple[dict, EpochTotals]:
+    model = _model().to(memory_format=torch.channels_last)
+    forward = model if group.size == 1 else group.data_parallel(model, find_unused=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)  # unlike Adam, sensitive to the gradient scale
+    t = Trainable(
+        model,
+        forward,
+        opt,
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=STEPS),
+        torch.amp.GradScaler("cpu", enabled=False),
+        nn.CrossEntropyLoss(weight=torch.tensor([1.5, 0.75]), label_smoothing=0.1),
+        AugmentSpec(scale_min=0.85, scale_max=1.2, gamma=0.6, blur_p=0.5, blur_sigma=1.0, noise_p=0.5, noise_std=0.03),
+        MixSpec(0.4, 1.0),
+        plain_eval=group.size > 1,
+    )
+    rng = np.random.default_rng(1)
+    pixels = torch.from_numpy(rng.integers(0, 255, (40, 1, SIZE, SIZE), dtype=np.uint8))
+    labels = torch.from_numpy(rng.integers(0, 2, 40))
+    batches = train_batches(np.arange(40), labels.numpy(), 2, BATCH, torch.Generator().manual_seed(2), "sqrt")
+    totals = EpochTotals()
+    aug = torch.Generator().manual_seed(3)
+    loader = [(pixels[b], torch.from_numpy(b)) for b in batches[:STEPS]]
+    train_one_epoch(
+        t, loader, labels, (100.0, 50.0), aug, totals, torch.device("cpu"), contextlib.nullcontext, group=group
+    )
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}, totals
+
+
+def _member(rank: int, size: int, store: str, out: str) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=size)
+    group = FoldGroup(tuple(range(size)), rank, torch.distributed.new_group(list(range(size))))
+    weights, totals = _train(group)
+    if rank == 0:
+        torch.save({"weights": weights, "loss": totals.loss, "preds": totals.preds, "labels": totals.labels}, out)
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_a_fold_on_a_group_takes_the_same_steps_as_the_fold_alone(tmp_path: Path, size: int):
+    torch.set_num_threads(1)
+    alone, totals = _train(FoldGroup((0,)))
+    out = tmp_path / "group.pt"
+    mp.spawn(_member, args=(size, str(tmp_path / "store"), str(out)), nprocs=size, join=True)
+    grouped = torch.load(out)
+    assert grouped["labels"] == totals.labels and grouped["preds"] == totals.preds
+    assert grouped["loss"] == pytest.approx(totals.loss, rel=1e-5)
+    for name, w in alone.items():
+        torch.testing.assert_close(grouped["weights"][name], w, rtol=1e-5, atol=1e-6, msg=name)
+    assert any(not torch.equal(w, _model().state_dict()[n]) for n, w in alone.items())  # it did train

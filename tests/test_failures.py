@@ -44,8 +44,8 @@ def test_nan_loss_stops_only_that_fold_and_keeps_its_last_good_checkpoint(tiny_d
         current["fold"] = fold
         return real_seeds(seed, fold)
 
-    def build(cfg, device, mixed_precision, class_counts, n_steps):
-        t = real_build(cfg, device, mixed_precision, class_counts, n_steps)
+    def build(cfg, device, mixed_precision, class_counts, n_steps, group):
+        t = real_build(cfg, device, mixed_precision, class_counts, n_steps, group)
         if current["fold"] == 1:
             t.criterion = _NanAfter(t.criterion, after=n_steps + 1)  # NaN at step 2 of epoch 2
         return t
@@ -73,6 +73,17 @@ def test_every_fold_diverging_is_a_clear_error(tiny_data, cache_dir, tmp_path):
     assert "error: every fold failed" in proc.stderr
     assert proc.stdout.count("training loss became nan") == 5
     assert not (tmp_path / "diverged" / "results.json").exists()
+
+
+def test_a_grouped_fold_that_diverges_fails_on_every_member_alike(tiny_data, cache_dir, tmp_path):
+    out = tmp_path / "diverged-group"
+    # Two processes, three folds: folds 0 and 1 alone, then fold 2 on both processes.
+    proc = train(tiny_data, out, cache_dir, "--folds", "3", "--lr", "1e30", processes=2, check=False)
+    assert proc.returncode != 0 and "error: every fold failed" in proc.stderr
+    assert "fold 2: training on processes [0, 1]" in proc.stdout
+    assert proc.stdout.count("fold 2 failed: epoch 1: training loss became nan") == 2  # both members, same step
+    failed = json.loads((out / "fold2" / "result.json").read_text())
+    assert failed["status"] == "failed" and "nan" in failed["reason"]
 
 
 def _file_size_limit(limit: int):

@@ -157,6 +157,55 @@ def test_sigusr1_under_slurm_saves_mid_epoch_requeues_and_resumes_exactly(data, 
     assert scontrol_calls.read_text().split() == ["requeue", "4242"]  # a finished run asks nothing
 
 
+# One fold on two processes: the plan trains it data-parallel on both.
+GROUPED = ("--train-folds", "0")
+
+
+@pytest.fixture(scope="module")
+def grouped_reference(data, cache, tmp_path_factory) -> Path:
+    """Fold 0 on a group of two processes, never interrupted."""
+    out = tmp_path_factory.mktemp("resume-runs") / "grouped-reference"
+    run_cli(train_args(data, out, cache, *RESUME_ARGS, *GROUPED), processes=2)
+    return out
+
+
+def _assert_same_fold(run: Path, reference: Path, fold: int) -> None:
+    a, b = run / f"fold{fold}", reference / f"fold{fold}"
+    assert (a / "best.safetensors").read_bytes() == (b / "best.safetensors").read_bytes()
+    assert _strip_timing(read_jsonl(a / "metrics.jsonl")) == _strip_timing(read_jsonl(b / "metrics.jsonl"))
+    assert (run / "oof.csv").read_text() == (reference / "oof.csv").read_text()
+
+
+@pytest.mark.parametrize("how", ["sigkill-one-member", "sigusr1-both"])
+def test_a_grouped_fold_interrupted_mid_epoch_resumes_to_the_uninterrupted_result(
+    data, cache, grouped_reference, tmp_path, how
+):
+    out = tmp_path / how
+    cmd = launch_command(train_args(data, out, cache, *RESUME_ARGS, *GROUPED), processes=2)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _mid_epoch_of_epoch_two(out / "fold0", proc)
+        workers = _workers(proc.pid)
+        if how == "sigkill-one-member":
+            os.kill(workers[1], signal.SIGKILL)
+        else:
+            for pid in workers.values():
+                os.kill(pid, signal.SIGUSR1)
+        log = proc.communicate(timeout=120)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode != 0 and not (out / "results.json").exists()
+    if how == "sigusr1-both":  # both members stop after the same step; the leader saved it mid-epoch
+        assert log.count("fold 0: stopped; state saved") == 2, log[-3000:]
+
+    resumed = run_cli(train_args(data, out, cache, *RESUME_ARGS, *GROUPED), processes=2)
+    line = next(s for s in resumed.stdout.splitlines() if "fold 0: resuming" in s)
+    assert "epoch 2" in line
+    if how == "sigusr1-both":
+        assert int(line.rsplit("step ", 1)[1]) > 0
+    _assert_same_fold(out, grouped_reference, 0)
+
+
 def test_finished_folds_are_skipped_on_resume(reference, data, cache):
     before = {p: p.stat().st_mtime_ns for p in reference.glob("fold*/best.safetensors")}
     proc = run_cli(train_args(data, reference, cache, *RESUME_ARGS, "--resume"))

@@ -107,6 +107,7 @@ def train_one_epoch(
         t.scaler.step(t.optimizer)
         scale = t.scaler.get_scale()
         t.scaler.update()
+        group.average_buffers(t.model)
         totals.lrs.append(t.optimizer.param_groups[0]["lr"])
         if t.scaler.get_scale() >= scale:  # the scale only drops when the step was skipped
             t.scheduler.step()

@@ -53,6 +53,18 @@ class FoldGroup:
             torch.distributed.all_reduce(t, group=self.pg)
         return t
 
+    def average_buffers(self, model: nn.Module) -> None:
+        """Average the floating buffers (batch-norm running statistics) over the group, so every
+        member holds the same model and the statistics reflect the whole batch's rows."""
+        if self.size == 1:
+            return
+        buffers = [b for b in model.buffers() if b.is_floating_point()]
+        if buffers:
+            flat = torch.cat([b.detach().reshape(-1) for b in buffers])
+            self.sum(flat).div_(self.size)
+            for b, v in zip(buffers, torch._utils._unflatten_dense_tensors(flat, buffers)):
+                b.copy_(v)
+
     def gather_rows(self, local: np.ndarray, n: int) -> np.ndarray:
         """Every member's `shard` rows of an (n, ...) array, concatenated in rank order."""
         if self.size == 1:
@@ -88,7 +100,8 @@ class FoldGroup:
 
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(
-            model, device_ids=ids, process_group=self.pg, broadcast_buffers=True, find_unused_parameters=find_unused
+            # Buffers are averaged after each step instead (average_buffers), not copied from one member.
+            model, device_ids=ids, process_group=self.pg, broadcast_buffers=False, find_unused_parameters=find_unused
         )
 
 

@@ -72,6 +72,7 @@ TRAIN_BAD_VALUES = [
     ("--aug-erase-p", "1.1"),
     ("--mixstyle", "1.5"),
     ("--select", "first"),
+    ("--fold-plan", "balanced"),
     ("--drop-path", "1"),
     ("--tta", "mirror"),
     ("--threshold-policy", "sensitivity:1.5"),

@@ -160,3 +160,20 @@ def test_a_fold_on_a_group_takes_the_same_steps_as_the_fold_alone(tmp_path: Path
     for name, w in alone.items():
         torch.testing.assert_close(grouped["weights"][name], w, rtol=1e-5, atol=1e-6, msg=name)
     assert any(not torch.equal(w, _model().state_dict()[n]) for n, w in alone.items())  # it did train
+
+
+def test_the_readme_table_of_fold_plans_is_what_the_planner_makes():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme.split("<!-- fold-plans -->")[1].split("<!-- /fold-plans -->")[0]
+    rows = [line.split(" | ") for line in table.strip().splitlines()[2:]]
+    assert [int(r[0].strip("| ")) for r in rows] == [1, 2, 4, 5, 8, 10]
+    for processes, text, wall, ideal, robin in rows:
+        n = int(processes.strip("| "))
+        plan, old = make_plan(list(range(5)), n), make_plan(list(range(5)), n, grouped=False)
+        if n > 1:
+            assert text.replace("\\|", "|") == plan.describe()
+        assert (float(wall), float(ideal), float(robin.strip("| "))) == (
+            round(plan.wall(), 3),
+            plan.ideal(),
+            old.wall(),
+        )

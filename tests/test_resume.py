@@ -145,7 +145,7 @@ def test_sigusr1_under_slurm_saves_mid_epoch_requeues_and_resumes_exactly(data, 
     assert proc.returncode == EXIT_STOPPED, log[-3000:]
     assert "received SIGUSR1" in log
     assert scontrol_calls.read_text().split() == ["requeue", "4242"]
-    assert not (out / "fold1").exists()
+    assert not (out / "fold1" / "metrics.jsonl").exists()  # fold 1 is claimed, not started
     match = [line for line in log.splitlines() if "state saved" in line]
     assert match, log[-3000:]
 

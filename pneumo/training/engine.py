@@ -96,10 +96,9 @@ def train_one_epoch(
         with autocast():
             logits = t.forward(x if group.size == 1 else x[rows])
         loss = batch_loss(t.criterion, logits.float(), y, mixed, rows, group.size)
-        if group.size == 1:
-            value, preds, stop = loss.item(), logits.argmax(1), None
-        else:
-            value, preds, stop = _group_step(loss, logits, rows, len(idx), group, should_stop)
+        value, preds, stop, settle = loss.item(), logits.argmax(1), None, None
+        if group.size > 1:
+            value, preds, stop, settle = _group_step(loss, logits, rows, len(idx), group, should_stop, t.model)
         if not math.isfinite(value):
             raise NonFiniteLossError(f"training loss became {value} at step {totals.step + 1} of the epoch")
         t.optimizer.zero_grad(set_to_none=True)
@@ -107,7 +106,8 @@ def train_one_epoch(
         t.scaler.step(t.optimizer)
         scale = t.scaler.get_scale()
         t.scaler.update()
-        group.average_buffers(t.model)
+        if settle is not None:
+            settle()
         totals.lrs.append(t.optimizer.param_groups[0]["lr"])
         if t.scaler.get_scale() >= scale:  # the scale only drops when the step was skipped
             t.scheduler.step()
@@ -146,13 +146,31 @@ def batch_loss(
 
 
 def _group_step(
-    loss: torch.Tensor, logits: torch.Tensor, rows: slice, n: int, group: FoldGroup, should_stop: Callable[[], bool]
-) -> tuple[float, torch.Tensor, bool]:
-    """One exchange per step: the batch's mean loss, every row's prediction and whether any
-    member was asked to stop (all stop after the same step)."""
-    shared = torch.zeros(2 + n, device=logits.device, dtype=torch.float32)
-    shared[0] = loss.detach() / group.size
-    shared[1] = float(should_stop())
-    shared[2 + rows.start : 2 + rows.stop] = logits.detach().argmax(1).float()
-    group.sum(shared)
-    return shared[0].item(), shared[2:].long(), bool(shared[1].item() > 0)
+    loss: torch.Tensor,
+    logits: torch.Tensor,
+    rows: slice,
+    n: int,
+    group: FoldGroup,
+    should_stop: Callable[[], bool],
+    model: nn.Module,
+) -> tuple[float, torch.Tensor, bool, Callable[[], None]]:
+    """One exchange per step, after the forward pass: the batch's mean loss, every row's
+    prediction, whether any member was asked to stop (all stop after the same step), and the
+    group's mean of the floating buffers (batch-norm running statistics, just updated from each
+    member's rows), which the returned `settle` writes into the model after the update step
+    (not before backward, which may still need the buffers as they are), so every member
+    holds the same model."""
+    buffers = [b for b in model.buffers() if b.is_floating_point()]
+    head = torch.zeros(2 + n, device=logits.device, dtype=torch.float32)
+    head[0] = loss.detach() / group.size
+    head[1] = float(should_stop())
+    head[2 + rows.start : 2 + rows.stop] = logits.detach().argmax(1).float()
+    shared = group.sum(torch.cat([head, *(b.detach().reshape(-1).float() for b in buffers)]))
+
+    def settle() -> None:
+        offset = 2 + n
+        for b in buffers:
+            b.copy_(shared[offset : offset + b.numel()].view_as(b) / group.size)
+            offset += b.numel()
+
+    return shared[0].item(), shared[2 : 2 + n].long(), bool(shared[1].item() > 0), settle

@@ -8,6 +8,7 @@ fold's files. A group of one is the plain one-process fold: nothing is wrapped o
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,18 +54,6 @@ class FoldGroup:
             torch.distributed.all_reduce(t, group=self.pg)
         return t
 
-    def average_buffers(self, model: nn.Module) -> None:
-        """Average the floating buffers (batch-norm running statistics) over the group, so every
-        member holds the same model and the statistics reflect the whole batch's rows."""
-        if self.size == 1:
-            return
-        buffers = [b for b in model.buffers() if b.is_floating_point()]
-        if buffers:
-            flat = torch.cat([b.detach().reshape(-1) for b in buffers])
-            self.sum(flat).div_(self.size)
-            for b, v in zip(buffers, torch._utils._unflatten_dense_tensors(flat, buffers)):
-                b.copy_(v)
-
     def gather_rows(self, local: np.ndarray, n: int) -> np.ndarray:
         """Every member's `shard` rows of an (n, ...) array, concatenated in rank order."""
         if self.size == 1:
@@ -99,9 +88,12 @@ class FoldGroup:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index] if self.device.type == "cuda" else None
+        # Buffers are averaged over the group at every step instead (engine), not copied from one member;
+        # torch >= 2.13 names that forward_sync_buffers (broadcast_buffers is deprecated).
+        no_sync = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+        buffers = {"forward_sync_buffers": False} if no_sync else {"broadcast_buffers": False}
         return DistributedDataParallel(
-            # Buffers are averaged after each step instead (average_buffers), not copied from one member.
-            model, device_ids=ids, process_group=self.pg, broadcast_buffers=False, find_unused_parameters=find_unused
+            model, device_ids=ids, process_group=self.pg, find_unused_parameters=find_unused, **buffers
         )
 
 

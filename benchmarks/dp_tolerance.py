@@ -71,6 +71,7 @@ def main() -> None:
     a = p.parse_args()
 
     runs = Path(a.runs_dir or tempfile.mkdtemp(prefix="pneumo-dp-tolerance-"))
+    runs.mkdir(parents=True, exist_ok=True)
     common = ["--train-folds", str(a.fold), "--epochs", str(a.epochs), "--mixed-precision", a.mixed_precision]
     common += ["--saliency-images", "0", "--no-report", "--overwrite", "--threads", "1"]
     common += ["--data-dir", a.data_dir] if a.data_dir else []

@@ -110,6 +110,7 @@ def main() -> None:
     a = p.parse_args()
 
     runs = Path(a.runs_dir or tempfile.mkdtemp(prefix="pneumo-scaling-"))
+    runs.mkdir(parents=True, exist_ok=True)
     common = [
         "--model",
         a.model,

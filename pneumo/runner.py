@@ -27,7 +27,7 @@ from pneumo.report.site import pixels_from, write_report
 from pneumo.training.claims import FoldClaims, describe, identity
 from pneumo.training.distributed import available_cpus, group_backend, make_accelerator, set_threads, wait_for
 from pneumo.training.group import make_groups
-from pneumo.training.plan import make_plan
+from pneumo.training.plan import FoldPlan, make_plan
 from pneumo.training.trainer import FoldEnv, train_fold
 from pneumo.utils import console
 from pneumo.utils.errors import NonFiniteLossError, PneumoError
@@ -101,15 +101,13 @@ def run_training(args: Namespace, should_stop=lambda: False) -> int:
     accelerator.wait_for_everyone()
 
     trained = folds_to_train(args)
-    pending = claims.claim_pending(trained, should_stop) if is_main else None
-    pending = share_from_main(pending)
+    pending = share_from_main(claims.claim_pending(trained, should_stop) if is_main else None)
     if pending is None:
         return EXIT_STOPPED
     plan = make_plan(pending, world, grouped=args.fold_plan == "grouped")
     if is_main:
         console.log(f"fold plan ({world} process(es)): {plan.describe()}")
         atomic_write_json(run_dir / PLAN, {**plan.to_json(), "launch": identity()})
-    groups = make_groups(plan, rank, accelerator.device, group_backend(accelerator.device, world))
     env = FoldEnv(
         args,
         run_dir,
@@ -118,22 +116,8 @@ def run_training(args: Namespace, should_stop=lambda: False) -> int:
         accelerator.mixed_precision,
         args.workers if args.workers >= 0 else threads,
     )
-    for fold in (g.fold for g in plan.for_rank(rank)):
-        env.group = group = groups[fold]
-        if not group.meet(should_stop):
-            return EXIT_STOPPED
-        where = f"process {rank}" if group.size == 1 else f"processes {list(group.ranks)} (data-parallel)"
-        console.log(f"fold {fold}: training on {where}")
-        try:
-            if train_fold(fold, data.splits, data.decoded, env, should_stop) is None:
-                console.log(f"fold {fold}: stopped; state saved, run the same command again to resume")
-                return EXIT_STOPPED
-        except NonFiniteLossError as exc:
-            out = fold_dir(run_dir, fold)
-            kept = "its last good epoch's checkpoint is kept" if (out / STATE).exists() else "it had no checkpoint yet"
-            console.warn(f"fold {fold} failed: {exc}; {kept}; the other folds go on")
-            if group.is_leader:
-                atomic_write_json(out / RESULT, {"fold": fold, "status": "failed", "reason": str(exc)})
+    if not train_planned_folds(plan, rank, env, data.splits, data.decoded, should_stop):
+        return EXIT_STOPPED
     if not is_main or args.no_ensemble:
         return EXIT_OK
 
@@ -151,6 +135,31 @@ def run_training(args: Namespace, should_stop=lambda: False) -> int:
     }
     finish_run(run_dir, args, trained, data, header, accelerator.device)
     return EXIT_OK
+
+
+def train_planned_folds(
+    plan: FoldPlan, rank: int, env: FoldEnv, splits: Splits, decoded: DecodedImages, should_stop
+) -> bool:
+    """Train this process's folds of `plan` in order, each alone or with its group; False when
+    stopped (state saved). A diverging fold is marked failed and the others go on."""
+    groups = make_groups(plan, rank, env.device, group_backend(env.device, plan.processes))
+    for fold in (g.fold for g in plan.for_rank(rank)):
+        env.group = group = groups[fold]
+        if not group.meet(should_stop):
+            return False
+        where = f"process {rank}" if group.size == 1 else f"processes {list(group.ranks)} (data-parallel)"
+        console.log(f"fold {fold}: training on {where}")
+        try:
+            if train_fold(fold, splits, decoded, env, should_stop) is None:
+                console.log(f"fold {fold}: stopped; state saved, run the same command again to resume")
+                return False
+        except NonFiniteLossError as exc:
+            out = fold_dir(env.run_dir, fold)
+            kept = "its last good epoch's checkpoint is kept" if (out / STATE).exists() else "it had no checkpoint yet"
+            console.warn(f"fold {fold} failed: {exc}; {kept}; the other folds go on")
+            if group.is_leader:
+                atomic_write_json(out / RESULT, {"fold": fold, "status": "failed", "reason": str(exc)})
+    return True
 
 
 @dataclass

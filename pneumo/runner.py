@@ -25,7 +25,14 @@ from pneumo.evaluation.clinical import add_clinical, clinical_tables
 from pneumo.evaluation.results import build_results, read_fold_results, summary_table
 from pneumo.report.site import pixels_from, write_report
 from pneumo.training.claims import FoldClaims, describe, identity
-from pneumo.training.distributed import available_cpus, group_backend, make_accelerator, set_threads, wait_for
+from pneumo.training.distributed import (
+    available_cpus,
+    group_backend,
+    make_accelerator,
+    set_threads,
+    wait_for,
+    wait_for_everyone,
+)
 from pneumo.training.group import make_groups
 from pneumo.training.plan import FoldPlan, make_plan
 from pneumo.training.trainer import FoldEnv, train_fold
@@ -98,7 +105,7 @@ def run_training(args: Namespace, should_stop=lambda: False) -> int:
             atomic_write_json(run_dir / SKIPPED, data.bad)
         atomic_write_json(run_dir / AUDIT, data.audit)
         atomic_write_json(run_dir / OVERLAP, data.overlap)
-    accelerator.wait_for_everyone()
+    wait_for_everyone(accelerator)
 
     trained = folds_to_train(args)
     pending = share_from_main(claims.claim_pending(trained, should_stop) if is_main else None)

@@ -73,3 +73,31 @@ def test_bf16_on_a_cpu_that_emulates_it_is_a_warning_naming_the_fix(tmp_path):
 def test_bf16_on_a_native_cpu_and_float32_anywhere_are_not_warned_about(tmp_path):
     assert "WARNING" not in _accelerator_warnings(tmp_path, "native", "bf16")
     assert "WARNING" not in _accelerator_warnings(tmp_path, "emulated", "no")
+
+
+def test_more_processes_than_gpus_on_a_node_count_as_sharing_gpus(monkeypatch):
+    import torch
+
+    from pneumo.training.distributed import gpus_shared
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "5")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "5")
+    assert gpus_shared()
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    assert not gpus_shared()  # one GPU each: NCCL as usual
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert not gpus_shared()  # CPU processes: gloo anyway
+
+
+def test_fold_groups_use_nccl_between_distinct_gpus_and_gloo_on_the_cpu():
+    import torch
+
+    from pneumo.training.distributed import group_backend
+
+    assert group_backend(torch.device("cpu"), 1)((0,)) == "gloo"
+    if torch.distributed.is_nccl_available():
+        assert group_backend(torch.device("cuda", 0), 1)((0,)) == "nccl"

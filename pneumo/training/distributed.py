@@ -85,6 +85,15 @@ def gpus_shared() -> bool:
     return launched and torch.cuda.is_available() and local_world_size() > torch.cuda.device_count()
 
 
+def wait_for_everyone(accelerator) -> None:
+    """Every process reaches this point. Accelerate's barrier names the device of local rank i
+    (`cuda:i`), which does not exist when processes share GPUs: there, a plain gloo barrier."""
+    if gpus_shared():
+        torch.distributed.barrier()
+    else:
+        accelerator.wait_for_everyone()
+
+
 def group_backend(device: torch.device, world: int) -> Callable[[tuple[int, ...]], str]:
     """The torch.distributed backend of each fold group: NCCL between distinct GPUs, else gloo.
 

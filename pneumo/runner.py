@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
+from accelerate.utils import broadcast_object_list
 from rich.console import Group
 
 from pneumo import rundir
@@ -108,7 +108,7 @@ def run_training(args: Namespace, should_stop=lambda: False) -> int:
     wait_for_everyone(accelerator)
 
     trained = folds_to_train(args)
-    pending = share_from_main(claims.claim_pending(trained, should_stop) if is_main else None)
+    pending = broadcast_object_list([claims.claim_pending(trained, should_stop) if is_main else None])[0]
     if pending is None:
         return EXIT_STOPPED
     plan = make_plan(pending, world, grouped=args.fold_plan == "grouped")
@@ -251,15 +251,11 @@ def ensemble_run(run_dir: Path, overrides: dict[str, Any]) -> None:
     header = {
         "data_dir": config["data_dir"],
         "synthetic": read_json(run_dir / RUN_INFO).get("synthetic", False),
-        "processes": max(json_or_empty(fold_dir(run_dir, k) / RESULT).get("processes", 1) for k in folds),
+        "processes": max(read_json(fold_dir(run_dir, k) / RESULT).get("processes", 1) for k in folds),
         "mixed_precision": config["mixed_precision"],
         "wall_seconds": round(time.monotonic() - started, 1),
     }
     finish_run(run_dir, args, folds, data, header, accelerator.device)
-
-
-def json_or_empty(path: Path) -> dict[str, Any]:
-    return read_json(path) if path.exists() else {}
 
 
 def check_no_claims(claims: FoldClaims, n_folds: int) -> None:
@@ -271,15 +267,6 @@ def check_no_claims(claims: FoldClaims, n_folds: int) -> None:
                 f"--overwrite: fold {fold} of {claims.run_dir} is being trained by another launch "
                 f"({describe(holder)}); stop it first or choose another --output-dir"
             )
-
-
-def share_from_main(value: Any) -> Any:
-    """The main process's `value`, on every process."""
-    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
-        return value
-    box = [value]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def report(run_dir: Path, pixels) -> None:

@@ -11,7 +11,8 @@ import time
 import pytest
 from conftest import ROOT
 
-from pneumo.training.claims import FoldClaims, slurm_job
+from pneumo.training.claims import FoldClaims
+from pneumo.training.preempt import slurm_job_to_requeue as slurm_job
 from pneumo.utils.errors import PneumoError
 
 # Another process: claim folds, say so, then hold them until killed.

@@ -17,22 +17,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from pneumo.training.preempt import slurm_job_to_requeue
 from pneumo.utils import console
 from pneumo.utils.errors import PneumoError
 from pneumo.utils.fsutil import read_json
 from pneumo.utils.run_files import CLAIM, RESULT, fold_dir
 
 
-def slurm_job() -> str | None:
-    """This job's SLURM id: `ARRAYJOB_TASK` for an array task, else the job id (None outside SLURM)."""
-    env = os.environ
-    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
-        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
-    return env.get("SLURM_JOB_ID")
-
-
 def identity() -> dict[str, Any]:
-    return {"host": platform.node(), "pid": os.getpid(), "job": slurm_job(), "since": time.time()}
+    return {"host": platform.node(), "pid": os.getpid(), "job": slurm_job_to_requeue(), "since": time.time()}
 
 
 def describe(holder: dict[str, Any]) -> str:
@@ -107,7 +100,7 @@ class FoldClaims:
         for fold in folds:
             out = fold_dir(self.run_dir, fold)
             holder, announced = self.claim(fold), False
-            while holder is not None and holder.get("job") and holder["job"] == slurm_job():
+            while holder is not None and holder.get("job") and holder["job"] == slurm_job_to_requeue():
                 if not announced:
                     console.log(f"fold {fold}: waiting for the previous instance of this job ({describe(holder)})")
                     announced = True

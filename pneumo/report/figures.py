@@ -1,7 +1,8 @@
 """The report's figures (matplotlib): each function takes plain data and returns a Figure.
 
 Figures are made without pyplot (no GUI backend, no global figure registry) and saved by
-the caller; nothing here reads files.
+the caller (score_distributions, which writes its PNG atomically itself, aside); nothing here
+reads files.
 """
 
 from __future__ import annotations
@@ -9,12 +10,15 @@ from __future__ import annotations
 import functools
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 from sklearn.calibration import CalibrationDisplay
 from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
+
+from pneumo.utils.fsutil import atomic_path
 
 History = Sequence[Mapping]  # one fold's epoch records (metrics.jsonl)
 Getter = Callable[[Mapping], float | None]
@@ -267,3 +271,65 @@ def roc_pr_calibration(
         ax.legend(loc="lower right" if ax is not cal else "upper left", fontsize=8)
         ax.set_aspect("auto")
     return fig
+
+
+@styled
+def score_distributions_figure(
+    title: str,
+    positive_name: str,
+    class_names: Sequence[str],
+    oof: tuple[np.ndarray, np.ndarray],
+    splits: Mapping[str, tuple[np.ndarray, np.ndarray | None]],
+) -> Figure:
+    """Density histograms of P(positive) per true class, out-of-fold first, then each split;
+    a split with labels None gets one histogram of all its scores."""
+    sources = [("out-of-fold", oof), *splits.items()]
+    cols = min(len(sources), 3)
+    rows = -(-len(sources) // cols)
+    fig, axes = _figure(rows, cols, (4.6 * cols, 3.6 * rows + 0.5), title)
+    for ax in axes.flat[len(sources) :]:
+        ax.axis("off")
+    bins = np.linspace(0.0, 1.0, 26)
+    for ax, (name, (scores, labels)) in zip(axes.flat, sources):
+        scores = np.asarray(scores, dtype=float)
+        if labels is None:
+            groups = [("all images (unlabelled)", scores, "tab:gray")]
+        else:
+            labels = np.asarray(labels)
+            groups = [
+                (f"true {c_name}", scores[labels == c], CLASS_COLORS[c % len(CLASS_COLORS)])
+                for c, c_name in enumerate(class_names)
+            ]
+        for label, values, color in groups:
+            if values.size:  # a class absent from a split has no density to draw
+                ax.hist(
+                    values,
+                    bins=bins,
+                    density=True,
+                    histtype="step",
+                    linewidth=1.8,
+                    color=color,
+                    label=f"{label} (n={values.size})",
+                )
+        ax.set_title(name)
+        ax.set_xlim(0.0, 1.0)
+        ax.set_xlabel(f"P({positive_name})")
+        ax.set_ylabel("density")
+        if ax.get_legend_handles_labels()[0]:
+            ax.set_ylim(top=ax.get_ylim()[1] * 1.25)  # headroom: the legend sits above the bars
+            ax.legend(loc="upper center")
+    return fig
+
+
+def score_distributions(
+    path: Path,
+    title: str,
+    positive_name: str,
+    class_names: Sequence[str],
+    oof: tuple[np.ndarray, np.ndarray],
+    splits: dict[str, tuple[np.ndarray, np.ndarray | None]],
+) -> None:
+    """Write score_distributions_figure(...) to `path` as PNG, atomically."""
+    fig = score_distributions_figure(title, positive_name, class_names, oof, splits)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)

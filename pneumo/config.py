@@ -68,6 +68,8 @@ NON_RESULT_KEYS = frozenset(
         "train_folds",
         "fold_plan",
         "no_ensemble",
+        # The decision is made after training, from the out-of-fold predictions; evaluate.py can change it.
+        "threshold_policy",
     }
 )
 

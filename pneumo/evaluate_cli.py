@@ -39,8 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--split",
         type=str,
-        default="test",
-        help="split folder to evaluate (only DATA_DIR/SPLIT is read; it may be the only folder there)",
+        default=None,
+        help="split folder to evaluate (only DATA_DIR/SPLIT is read; it may be the only folder there); default test, "
+        "none with --threshold-policy alone",
     )
     p.add_argument(
         "--allow-pool-split",
@@ -72,8 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--threshold-policy",
         type=threshold_policy,
         default=None,
-        help="operating point to choose on the run's out-of-fold predictions (youden, balanced, sensitivity:X, "
-        "specificity:X, fixed:X; default: the run's own)",
+        help="change the run's decision: the operating point chosen on its out-of-fold predictions (fixed:X, youden, "
+        "balanced, prior, sensitivity:X, specificity:X); rewrites results.json, every pred column, the summary and "
+        "the report, and records it in config.yaml (default: keep the run's own)",
     )
     p.add_argument(
         "--bootstrap-resamples",
@@ -138,23 +140,28 @@ def main(argv: list[str] | None = None) -> int:
             from pneumo.evaluation.compare import compare_runs
 
             runs = [Path(d).expanduser().resolve() for d in args.compare]
-            table, written = compare_runs(runs, Path(args.out or "comparison"), args.split)
+            table, written = compare_runs(runs, Path(args.out or "comparison"), args.split or "test")
             console.console.print(table)
             console.log(f"comparison: {', '.join(str(p) for p in written)}")
             return 0
         run_dir = Path(args.run_dir).expanduser().resolve()
-        if args.ensemble:
-            from pneumo.runner import ensemble_run
+        overrides = {"cache_dir": args.cache_dir, "no_cache": args.no_cache, "workers": args.workers}
+        if args.ensemble or args.threshold_policy:
+            from pneumo.runner import ensemble_run, record_policy
 
-            overrides = {"cache_dir": args.cache_dir, "no_cache": args.no_cache, "workers": args.workers}
+            if args.threshold_policy:
+                record_policy(run_dir, str(args.threshold_policy))
             ensemble_run(run_dir, {**overrides, "threads": args.threads})
-        elif args.report:
+            if args.ensemble or not (args.split or args.images or args.report):
+                return 0
+        if args.report:
             workers = args.workers if args.workers >= 0 else available_cpus()
             pixels = run_pixels(read_config(run_dir), cache_dir=args.cache_dir, no_cache=args.no_cache, workers=workers)
             console.log(f"report: {write_report(run_dir, pixels)}")
         elif args.images:
             predict_images(run_dir, args)
         else:
+            args.split = args.split or "test"
             section = evaluate_run(run_dir, args)
             for table in split_tables(run_dir.name, section):
                 console.console.print(table)

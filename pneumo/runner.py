@@ -14,7 +14,7 @@ from accelerate.utils import broadcast_object_list
 from rich.console import Group
 
 from pneumo import rundir
-from pneumo.config import validate
+from pneumo.config import to_yaml, validate
 from pneumo.data.audit import audit, audit_table
 from pneumo.data.cache import DecodedImages
 from pneumo.data.dataset import check_folds, scan
@@ -38,9 +38,10 @@ from pneumo.training.plan import FoldPlan, make_plan
 from pneumo.training.trainer import FoldEnv, train_fold
 from pneumo.utils import console
 from pneumo.utils.errors import NonFiniteLossError, PneumoError
-from pneumo.utils.fsutil import atomic_write_json, check_writable, read_json
+from pneumo.utils.fsutil import atomic_write_json, atomic_write_text, check_writable, read_json
 from pneumo.utils.run_files import (
     AUDIT,
+    CONFIG,
     OVERLAP,
     PLAN,
     RESULT,
@@ -217,7 +218,7 @@ def finish_run(run_dir: Path, args: Namespace, folds: list[int], data: RunData, 
         "overlap": data.overlap,
     }
     config = {**vars(args), **{k: header[k] for k in ("data_dir", "mixed_precision")}}
-    results = build_results(run_dir, fold_results, data.splits.classes, data.splits.positive, header)
+    results = build_results(run_dir, fold_results, data.splits.classes, data.splits.positive, header, config)
     results = add_clinical(run_dir, results, config, data.decoded, device)
     table = Group(summary_table(results), *clinical_tables(results["clinical"]))
     console.console.print(table)
@@ -256,6 +257,13 @@ def ensemble_run(run_dir: Path, overrides: dict[str, Any]) -> None:
         "wall_seconds": round(time.monotonic() - started, 1),
     }
     finish_run(run_dir, args, folds, data, header, accelerator.device)
+
+
+def record_policy(run_dir: Path, policy: str) -> None:
+    """`evaluate.py RUN --threshold-policy P`: config.yaml records P as the run's threshold policy (the
+    rebuild that follows makes it the run's decision everywhere)."""
+    config = read_config(run_dir)
+    atomic_write_text(run_dir / CONFIG, to_yaml({**config, "threshold_policy": policy}))
 
 
 def check_no_claims(claims: FoldClaims, n_folds: int) -> None:

@@ -22,7 +22,7 @@ from pneumo.evaluation.ensemble import mean_probs
 from pneumo.evaluation.results import gather_split
 from pneumo.metrics.bootstrap import RESAMPLES, bootstrap_metrics, patient_clusters
 from pneumo.metrics.calibration import METHODS, balance_prior, calibrate, reliability_diagram
-from pneumo.metrics.threshold import DEFAULT_POLICY, choose_threshold, parse_policy
+from pneumo.metrics.shift import score_shift
 from pneumo.models.fold_model import FoldModel, load_fold_model
 from pneumo.utils import console
 from pneumo.utils.fsutil import atomic_write_json
@@ -92,23 +92,23 @@ def clinical_section(
     classes: Sequence[str],
     positive: int,
     config: dict[str, Any],
+    decision: dict[str, Any],
     *,
     out_dir: Path | None = None,
-    policy: str | None = None,
     resamples: int = RESAMPLES,
     models: list[FoldModel] | None = None,
     decoded: DecodedImages | None = None,
     saliency_images: int = SALIENCY_IMAGES,
 ) -> dict:
-    """Operating point, CIs and calibration for the out-of-fold predictions of `folds` and `splits`.
+    """The run's `decision` (its operating point) with CIs, the alternative policies' thresholds,
+    and calibration, for the out-of-fold predictions of `folds` and `splits`.
 
     With `out_dir`, reliability diagrams go to out_dir/calibration/ and, given `models` and
     `decoded`, Grad-CAM figures to out_dir/saliency/.
     """
     oof_files, oof_labels, oof_probs, oof_folds = _oof(run_dir, folds, classes)
     oof_pos, oof_scores = oof_labels == positive, oof_probs[:, positive]
-    chosen = parse_policy(policy or config.get("threshold_policy") or DEFAULT_POLICY)
-    op = choose_threshold(oof_pos, oof_scores, chosen)
+    op = {k: v for k, v in decision.items() if k != "alternatives"}
     thresholds = {"at_0.5": 0.5, "at_threshold": op["threshold"]}
     seed = int(config.get("seed", 0))
     started = time.perf_counter()
@@ -130,12 +130,24 @@ def clinical_section(
         },
     }
     ensembles = {name: mean_probs(s.per_fold)[:, positive] for name, s in splits.items()}
+    scored = {
+        "out-of-fold": (oof_pos, oof_scores),
+        **{n: (s.labels == positive, ensembles[n]) for n, s in splits.items()},
+    }
+    section["alternatives"] = {
+        policy: {"threshold": alt["threshold"], **{n: rates(y, p, alt["threshold"]) for n, (y, p) in scored.items()}}
+        for policy, alt in decision.get("alternatives", {}).items()
+    }
     section["splits"] = {
         name: {
             "ensemble": ci(s.files, s.labels, ensembles[name]),
             "folds": {str(k): ci(s.files, s.labels, p[:, positive]) for k, p in zip(s.folds, s.per_fold)},
         }
         for name, s in splits.items()
+    }
+    section["shift"] = {
+        name: score_shift(oof_scores, oof_pos, ensembles[name], seed=seed, positive_name=classes[positive], name=name)
+        for name in splits
     }
     section["bootstrap"] = {
         "resamples": resamples,
@@ -175,12 +187,30 @@ def run_splits(run_dir: Path, results: dict) -> dict[str, SplitPredictions]:
 
 
 def run_clinical_section(run_dir: Path, results: dict, config: dict[str, Any], **drawing: Any) -> dict:
-    """The clinical section of a run's results.json, from its prediction tables (and, with
-    `drawing`, out_dir/models/decoded/saliency_images for its figures)."""
+    """The clinical section of a run's results.json, from its prediction tables and decision (and,
+    with `drawing`, out_dir/models/decoded/saliency_images for its figures)."""
     classes = results["classes"]
     positive = classes.index(results["positive_class"])
     splits = run_splits(run_dir, results)
-    return clinical_section(run_dir, results["folds_done"], splits, classes, positive, config, **drawing)
+    folds = results["folds_done"]
+    return clinical_section(run_dir, folds, splits, classes, positive, config, results["decision"], **drawing)
+
+
+def warn_shift(section: dict) -> None:
+    """One line per evaluated split whose scores sit outside what out-of-fold predicts."""
+    for shift in section.get("shift", {}).values():
+        if shift["shifted"]:
+            console.warn(shift["summary"])
+
+
+def rates(positive: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float | None]:
+    """Accuracy, sensitivity and specificity of calling P(positive) >= threshold positive."""
+    positive, call = np.asarray(positive, dtype=bool), np.asarray(scores) >= threshold
+    return {
+        "accuracy": float((call == positive).mean()) if len(positive) else None,
+        "sensitivity": float(call[positive].mean()) if positive.any() else None,
+        "specificity": float((~call[~positive]).mean()) if (~positive).any() else None,
+    }
 
 
 def add_clinical(
@@ -198,6 +228,7 @@ def add_clinical(
     drawing = {"out_dir": run_dir, "models": models, "decoded": decoded, "saliency_images": n_images}
     results = {**results, "clinical": run_clinical_section(run_dir, results, config, **drawing)}
     atomic_write_json(run_dir / RESULTS, results)
+    warn_shift(results["clinical"])
     console.log(
         f"clinical evaluation (operating point, CIs, calibration, Grad-CAM): {time.perf_counter() - started:.1f}s"
     )
@@ -225,11 +256,13 @@ TABLE_KEYS = (
 
 
 def clinical_tables(section: dict) -> list[Table]:
-    """The operating-point table (with 95% CIs) and the calibration table of a clinical section."""
+    """The operating-point table (with 95% CIs), the alternative policies and the calibration table
+    of a clinical section."""
     op, boot = section["operating_point"], section["bootstrap"]
     t = op["threshold"]
     table = Table(
-        title=f"Operating point {op['policy']}: threshold {t:.3f} on P(positive), chosen on out-of-fold; "
+        title=f"The run's decision {op['policy']}: threshold {t:.3f} on P(positive), chosen on out-of-fold, used by "
+        "every prediction; "
         f"95% CIs from {boot['resamples']} patient-bootstrap resamples"
     )
     table.add_column("")
@@ -241,6 +274,19 @@ def clinical_tables(section: dict) -> list[Table]:
     for label, by_threshold in rows:
         for at, shown in zip(AT, ("0.5", f"{t:.3f}")):
             table.add_row(label, shown, *[ci_text(by_threshold[at][k]) for k, _ in TABLE_KEYS])
+    tables = [table]
+    if section.get("alternatives"):
+        sources = list(next(iter(section["alternatives"].values())))[1:]
+        alt = Table(title=f"Alternative policies (not this run's decision, {op['policy']}), each chosen on out-of-fold")
+        alt.add_column("policy")
+        alt.add_column("threshold", justify="right")
+        for name in sources:
+            for key in ("accuracy", "sensitivity", "specificity"):
+                alt.add_column(f"{name} {key}", justify="right")
+        for policy, row in section["alternatives"].items():
+            cells = [_rate(row[name][key]) for name in sources for key in ("accuracy", "sensitivity", "specificity")]
+            alt.add_row(policy, f"{row['threshold']:.3f}", *cells)
+        tables.append(alt)
     cal = section["calibration"]
     calib = Table(
         title=f"Calibration of P(positive): ECE ({cal['ece_bins']}), Brier score, images called positive at 0.5; "
@@ -257,4 +303,8 @@ def clinical_tables(section: dict) -> list[Table]:
             m = by_kind.get(kind)  # absent: out-of-fold rows of a one-fold run cannot be cross-fitted
             cells += [f"{m['ece']:.3f}", f"{m['brier']:.3f}", str(m["positive_at_0.5"])] if m else ["n/a"] * 3
         calib.add_row(kind, *cells)
-    return [table, calib]
+    return [*tables, calib]
+
+
+def _rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

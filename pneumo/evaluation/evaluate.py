@@ -17,7 +17,8 @@ from pneumo.data.images import Preprocess
 from pneumo.data.loader import PixelDataset, eval_batches, make_loader
 from pneumo.data.predictions import write_predictions
 from pneumo.data.prepare import decode_images, unusable_images
-from pneumo.evaluation.clinical import SplitPredictions, clinical_section, clinical_tables
+from pneumo.evaluation.clinical import SplitPredictions, clinical_section, clinical_tables, warn_shift
+from pneumo.evaluation.decision import run_decision
 from pneumo.evaluation.ensemble import mean_probs
 from pneumo.evaluation.results import SPREAD, evaluate_split, metrics_table, write_split_predictions
 from pneumo.metrics.classification import report_text
@@ -116,13 +117,15 @@ def evaluate_run(run_dir: Path, args: Namespace) -> dict:
     tta = args.tta or trained_tta
     per_fold = predict([(m.model, m.norm) for m in models], loader, accelerator.device, accelerator.autocast, tta)
     folds = [m.fold for m in models]
+    decision = run_decision(run_dir)
+    at = {"positive": positive, "threshold": decision["threshold"]}
     section = {
         "split": args.split,
         "tta": tta,
         "data_dir": str(layout.root),
         "in_pool": in_pool,
         **({"label": IN_POOL} if in_pool else {}),
-        **evaluate_split(files, labels, per_fold, folds, classes, positive),
+        **evaluate_split(files, labels, per_fold, folds, classes, **at),
     }
     out = run_dir / "evaluation" / (args.split if tta == trained_tta else f"{args.split}-tta-{tta}")
     section["clinical"] = clinical_section(
@@ -132,8 +135,8 @@ def evaluate_run(run_dir: Path, args: Namespace) -> dict:
         classes,
         positive,
         config,
+        decision,
         out_dir=out,
-        policy=args.threshold_policy,
         resamples=args.bootstrap_resamples,
         models=models,
         decoded=decoded,
@@ -141,14 +144,16 @@ def evaluate_run(run_dir: Path, args: Namespace) -> dict:
     )
     atomic_write_json(out / "results.json", section)
     atomic_write_text(out / SUMMARY, console.render_text(Group(*split_tables(run_dir.name, section))))
-    atomic_write_text(out / "classification_report.txt", report_text(labels, mean_probs(per_fold), classes))
-    write_split_predictions(out / "predictions.csv", files, labels, per_fold, folds, classes, positive)
+    report = report_text(labels, mean_probs(per_fold), classes, **at)
+    atomic_write_text(out / "classification_report.txt", report)
+    write_split_predictions(out / "predictions.csv", files, labels, per_fold, folds, classes, **at)
+    warn_shift(section["clinical"])
     console.log(f"{args.split}: ensemble of folds {folds} on {len(files)} images -> {out}")
     return section
 
 
 def split_tables(name: str, section: dict) -> list[Table]:
-    """Per fold, mean ± std and ensemble on the split at 0.5; then the clinical tables."""
+    """Per fold, mean ± std and ensemble on the split at the run's decision; then the clinical tables."""
     rows = [(f"fold {k}", [m]) for k, m in section["folds"].items()]
     rows += [(SPREAD, [section["fold_mean_std"]]), ("ensemble", [section["ensemble"]])]
     label = f" ({section['label']})" if section.get("in_pool") else ""
@@ -194,6 +199,11 @@ def predict_images(run_dir: Path, args: Namespace) -> Path:
         f"fold{m.fold}_prob_{classes[positive]}": [repr(float(v)) for v in p[:, positive]]
         for m, p in zip(models, per_fold)
     }
-    write_predictions(out, [p for p, _ in decoded], None, mean_probs(per_fold), classes, extra)
-    console.log(f"predicted {len(decoded)} image(s) with the {len(models)}-fold ensemble -> {out}")
+    decision = run_decision(run_dir)
+    at = {"positive": positive, "threshold": decision["threshold"]}
+    write_predictions(out, [p for p, _ in decoded], None, mean_probs(per_fold), classes, extra, **at)
+    console.log(
+        f"predicted {len(decoded)} image(s) with the {len(models)}-fold ensemble, {classes[positive]} where "
+        f"P >= {decision['threshold']:.3f} (the run's decision, {decision['policy']}) -> {out}"
+    )
     return out

@@ -10,6 +10,7 @@ import numpy as np
 from rich.table import Table
 
 from pneumo.data.predictions import read_predictions, write_predictions
+from pneumo.evaluation.decision import apply_to_folds, decide
 from pneumo.evaluation.ensemble import mean_probs
 from pneumo.metrics.classification import classification_metrics, mean_std, report_text
 from pneumo.utils.errors import PneumoError
@@ -29,13 +30,14 @@ def evaluate_split(
     folds: Sequence[int],
     classes: Sequence[str],
     positive: int,
+    threshold: float,
 ) -> dict[str, Any]:
-    """Each fold model's metrics on a split, their mean and sample SD (ddof=1), and the ensemble's."""
-    fold_metrics = [classification_metrics(labels, p, classes, positive, files) for p in per_fold]
+    """Each fold model's metrics on a split at `threshold`, their mean and sample SD (ddof=1), and the ensemble's."""
+    fold_metrics = [classification_metrics(labels, p, classes, positive, files, threshold) for p in per_fold]
     return {
         "folds": {str(k): m for k, m in zip(folds, fold_metrics)},
         "fold_mean_std": mean_std(fold_metrics),
-        "ensemble": classification_metrics(labels, mean_probs(per_fold), classes, positive, files),
+        "ensemble": classification_metrics(labels, mean_probs(per_fold), classes, positive, files, threshold),
     }
 
 
@@ -47,12 +49,13 @@ def write_split_predictions(
     folds: Sequence[int],
     classes: Sequence[str],
     positive: int,
+    threshold: float,
 ) -> None:
-    """Ensemble predictions with each fold's probability of the positive class beside them."""
+    """Ensemble predictions (called at `threshold`) with each fold's probability of the positive class beside them."""
     extra = {
         f"fold{k}_prob_{classes[positive]}": [repr(float(v)) for v in p[:, positive]] for k, p in zip(folds, per_fold)
     }
-    write_predictions(path, files, labels, mean_probs(per_fold), classes, extra)
+    write_predictions(path, files, labels, mean_probs(per_fold), classes, extra, positive=positive, threshold=threshold)
 
 
 def gather_split(run_dir: Path, folds: Sequence[int], split: str, classes: Sequence[str]):
@@ -69,9 +72,16 @@ def gather_split(run_dir: Path, folds: Sequence[int], split: str, classes: Seque
 
 
 def build_results(
-    run_dir: Path, fold_results: list[dict], classes: Sequence[str], positive: int, header: dict[str, Any]
+    run_dir: Path,
+    fold_results: list[dict],
+    classes: Sequence[str],
+    positive: int,
+    header: dict[str, Any],
+    config: dict[str, Any],
 ) -> dict:
-    """Gather fold outputs into results.json, oof.csv, predictions_<split>.csv and the text report."""
+    """Gather fold outputs into results.json, oof.csv, predictions_<split>.csv and the text report,
+    every prediction and metric at the run's decision (chosen here on the out-of-fold predictions
+    by `config`'s threshold policy), which the fold tables are rewritten to as well."""
     done = [r for r in fold_results if r["status"] == "done"]
     folds = [r["fold"] for r in done]
     val_tables = [read_predictions(fold_dir(run_dir, k) / VAL_PREDICTIONS, classes) for k in folds]
@@ -79,28 +89,43 @@ def build_results(
     oof_labels = np.concatenate([t.labels for t in val_tables])
     oof_probs = np.concatenate([t.probs for t in val_tables])
     oof_folds = [k for k, t in zip(folds, val_tables) for _ in t.files]
-    write_predictions(run_dir / OOF, oof_files, oof_labels, oof_probs, classes, {"fold": oof_folds})
+    decision = decide(
+        oof_labels, oof_probs[:, positive], positive, config.get("threshold_policy"), config.get("balance", "sampler")
+    )
+    t = decision["threshold"]
+    at = {"positive": positive, "threshold": t}
+    splits = list(done[0]["splits"]) if done else []
+    apply_to_folds(run_dir, folds, splits, classes, positive, t)
+    write_predictions(run_dir / OOF, oof_files, oof_labels, oof_probs, classes, {"fold": oof_folds}, **at)
+    for r, table in zip(done, val_tables):
+        r["val"] = classification_metrics(table.labels, table.probs, classes, positive, table.files, t)
+        r["threshold"] = t
     results: dict[str, Any] = {
         **header,
         "classes": list(classes),
         "positive_class": classes[positive],
+        "decision": decision,
         "folds_done": folds,
         "folds_failed": [{"fold": r["fold"], "reason": r.get("reason")} for r in fold_results if r["status"] != "done"],
         "folds": fold_results,
         "cross_validation": {"val": mean_std([r["val"] for r in done])},
-        "oof": classification_metrics(oof_labels, oof_probs, classes, positive, oof_files),
+        "oof": classification_metrics(oof_labels, oof_probs, classes, positive, oof_files, t),
         "ensemble": {},
     }
-    oof_title = f"Out-of-fold validation ({len(oof_files)} images, folds {folds})"
-    texts = [f"{oof_title}\n{report_text(oof_labels, oof_probs, classes)}"]
-    for split in done[0]["splits"] if done else {}:
+    oof_title = f"Out-of-fold validation ({len(oof_files)} images, folds {folds}), threshold {t:.3f}"
+    texts = [f"{oof_title}\n{report_text(oof_labels, oof_probs, classes, positive, t)}"]
+    for split in splits:
         files, labels, per_fold = gather_split(run_dir, folds, split, classes)
-        write_split_predictions(run_dir / f"predictions_{split}.csv", files, labels, per_fold, folds, classes, positive)
-        section = evaluate_split(files, labels, per_fold, folds, classes, positive)
+        write_split_predictions(run_dir / f"predictions_{split}.csv", files, labels, per_fold, folds, classes, **at)
+        section = evaluate_split(files, labels, per_fold, folds, classes, **at)
+        for r in done:
+            r["splits"][split] = section["folds"][str(r["fold"])]
         results["cross_validation"][split] = section["fold_mean_std"]
         results["ensemble"][split] = section["ensemble"]
-        title = f"Ensemble of {len(folds)} folds on {split} ({len(files)} images)"
-        texts.append(f"{title}\n{report_text(labels, mean_probs(per_fold), classes)}")
+        title = f"Ensemble of {len(folds)} folds on {split} ({len(files)} images), threshold {t:.3f}"
+        texts.append(f"{title}\n{report_text(labels, mean_probs(per_fold), classes, positive, t)}")
+    for r in done:  # each fold's own record, at the run's decision too
+        atomic_write_json(fold_dir(run_dir, r["fold"]) / RESULT, r)
     atomic_write_json(run_dir / RESULTS, results)
     atomic_write_text(run_dir / REPORT, "\n".join(texts))
     return results

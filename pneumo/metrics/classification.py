@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score
 
+from pneumo.data.predictions import PROVISIONAL_THRESHOLD, called
+
 SUMMARY_KEYS = ("accuracy", "roc_auc", "sensitivity", "specificity", "loss")
 
 
@@ -43,13 +45,15 @@ def classification_metrics(
     classes: Sequence[str],
     positive: int,
     files: Sequence[str] | None = None,
+    threshold: float = PROVISIONAL_THRESHOLD,
 ) -> dict:
     """Accuracy, per-class precision/recall/F1/support, macro and weighted averages, confusion
     matrix (rows true, columns predicted), ROC-AUC, sensitivity/specificity of `positive`,
-    cross-entropy loss, and the misclassified files. Prediction is the arg-max class."""
+    cross-entropy loss, and the misclassified files. The class called is `positive` where
+    P(positive) >= `threshold` (the run's decision; 0.5 while training)."""
     labels = np.asarray(labels, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
-    preds = probs.argmax(axis=1)
+    preds = called(probs, positive, threshold)
     ids = list(range(len(classes)))
     report = _report(labels, preds, classes)
     negative = 1 - positive
@@ -58,6 +62,7 @@ def classification_metrics(
     n = len(labels)
     out = {
         "n": n,
+        "threshold": threshold,
         "accuracy": float((preds == labels).mean()) if n else None,
         "loss": float(-np.log(np.clip(probs[np.arange(n), labels], eps, 1.0)).mean()) if n else None,
         "roc_auc": float(roc_auc_score(labels == positive, probs[:, positive])) if both else None,
@@ -84,9 +89,9 @@ def class_losses(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str]) 
     return {c: float(nll[labels == k].mean()) if (labels == k).any() else None for k, c in enumerate(classes)}
 
 
-def report_text(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> str:
-    """sklearn's text classification report for arg-max predictions; undefined ratios read n/a."""
-    preds = np.asarray(probs).argmax(axis=1)
+def report_text(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], positive: int, threshold: float) -> str:
+    """sklearn's text classification report of the classes called at `threshold`; undefined ratios read n/a."""
+    preds = called(probs, positive, threshold)
     text = classification_report(
         labels, preds, labels=list(range(len(classes))), target_names=list(classes), digits=4, zero_division=np.nan
     )

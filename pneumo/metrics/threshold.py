@@ -11,11 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pneumo.metrics.prior import prior_threshold
 from pneumo.utils.errors import PneumoError
 
-POLICIES = ("youden", "balanced", "sensitivity", "specificity", "fixed")
+POLICIES = ("youden", "balanced", "prior", "sensitivity", "specificity", "fixed")
 DEFAULT_POLICY = "youden"
-_HELP = "youden, balanced, sensitivity:0.95, specificity:0.90 or fixed:0.5"
+_HELP = "youden, balanced, prior, sensitivity:0.95, specificity:0.90 or fixed:0.5"
 
 
 @dataclass(frozen=True)
@@ -30,11 +31,11 @@ class Policy:
 
 
 def parse_policy(text: str, option: str = "--threshold-policy") -> Policy:
-    """Parse 'youden', 'balanced', 'sensitivity:X', 'specificity:X' or 'fixed:X' (X in [0, 1])."""
+    """Parse 'youden', 'balanced', 'prior', 'sensitivity:X', 'specificity:X' or 'fixed:X' (X in [0, 1])."""
     name, _, raw = str(text).strip().partition(":")
     if name not in POLICIES:
         raise PneumoError(f"{option} {text}: unknown policy; use {_HELP}")
-    if name in ("youden", "balanced"):
+    if name in ("youden", "balanced", "prior"):
         if raw:
             raise PneumoError(f"{option} {text}: {name} takes no value; use {_HELP}")
         return Policy(name)
@@ -69,11 +70,13 @@ def operating_curve(positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarra
     return cuts, tp / n_pos, 1.0 - fp / n_neg
 
 
-def choose_threshold(positive: np.ndarray, scores: np.ndarray, policy: Policy) -> dict:
+def choose_threshold(positive: np.ndarray, scores: np.ndarray, policy: Policy, train_prior: float = 0.5) -> dict:
     """The policy's threshold on these (out-of-fold) scores, with the sensitivity and specificity it gives there.
 
     youden: maximises sensitivity + specificity - 1 (ties: the highest threshold);
     balanced: sensitivity closest to specificity (ties: the larger sum);
+    prior: the fewest errors at the out-of-fold class prior for a model trained at `train_prior`
+    (the sampler's prior; Bayes' rule moves 0.5 on its outputs to this threshold);
     sensitivity:X: the highest threshold with sensitivity >= X (the best specificity there);
     specificity:X: the lowest threshold with specificity >= X (the best sensitivity there);
     fixed:X: X.
@@ -82,6 +85,8 @@ def choose_threshold(positive: np.ndarray, scores: np.ndarray, policy: Policy) -
     scores = np.asarray(scores, dtype=np.float64)
     if policy.name == "fixed":
         threshold = float(policy.value)
+    elif policy.name == "prior":
+        threshold = prior_threshold(0.5, train_prior, float(positive.mean()))
     else:
         if positive.all() or not positive.any():
             raise PneumoError(f"threshold policy {policy}: needs out-of-fold predictions of both classes")

@@ -30,6 +30,7 @@ class Scored:
     files: list[str]
     labels: np.ndarray
     probs: np.ndarray
+    preds: np.ndarray  # the class each image was called at the run's decision (the table's pred column)
     fold_scores: dict[int, tuple[np.ndarray, np.ndarray]]
     metrics: dict[str, Any]
     fold_metrics: dict[int, dict[str, Any]]
@@ -71,6 +72,10 @@ def _labels(rows: list[dict[str, str]], classes: list[str]) -> np.ndarray:
     return np.asarray([classes.index(r["label"]) for r in rows], dtype=np.int64)
 
 
+def _preds(rows: list[dict[str, str]], classes: list[str]) -> np.ndarray:
+    return np.asarray([classes.index(r["pred"]) for r in rows], dtype=np.int64)
+
+
 def _out_of_fold(run_dir: Path, results: dict, classes: list[str], positive: int) -> Scored:
     rows = _read_rows(run_dir / OOF)
     labels, probs = _labels(rows, classes), _probs(rows, classes)
@@ -81,6 +86,7 @@ def _out_of_fold(run_dir: Path, results: dict, classes: list[str], positive: int
         files=[r["file"] for r in rows],
         labels=labels,
         probs=probs,
+        preds=_preds(rows, classes),
         fold_scores={k: (labels[fold_of == k] == positive, probs[fold_of == k, positive]) for k in sorted(by_fold)},
         metrics=results["oof"],
         fold_metrics={k: r["val"] for k, r in by_fold.items()},
@@ -99,6 +105,7 @@ def _split(path: Path, name: str, section: dict, classes: list[str], positive: i
         files=[r["file"] for r in rows],
         labels=labels,
         probs=_probs(rows, classes),
+        preds=_preds(rows, classes),
         fold_scores={
             int(c[len(prefix) : -len(suffix)]): (is_pos, np.asarray([float(r[c]) for r in rows])) for c in fold_cols
         },

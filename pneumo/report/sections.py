@@ -341,9 +341,40 @@ def roc_pr(inp: Inputs) -> Section | None:
     return Section("ROC, precision-recall and reliability", blocks) if blocks else None
 
 
+def decision(inp: Inputs) -> Section | None:
+    """The run's one decision, and whether each split scores as out-of-fold predicts (the shift test)."""
+    run = inp.run
+    d, clinical = run.results.get("decision"), run.results.get("clinical", {})
+    if d is None or not run.scored:
+        return None
+    pos = run.classes[run.positive]
+    blocks: list[Block] = [
+        Note(
+            f"Decision: {pos} where P({pos}) >= {d['threshold']:.3f} (policy {d['policy']}, chosen on "
+            f"{d['chosen_on']}); every pred column, table and figure of this run uses it. Change it with "
+            f"`python evaluate.py {run.run_dir} --threshold-policy POLICY`."
+        )
+    ]
+    for shift in clinical.get("shift", {}).values():
+        blocks.append(Note(("WARNING: " if shift["shifted"] else "") + shift["summary"]))
+    oof, splits = run.scored[0], run.scored[1:]
+    fig = figures.score_distributions_figure(
+        f"P({pos}) per true class: out-of-fold and each evaluated split",
+        pos,
+        run.classes,
+        (oof.probs[:, run.positive], oof.labels),
+        {s.name: (s.probs[:, run.positive], s.labels) for s in splits},
+    )
+    caption = (
+        "Where a split's scores sit against out-of-fold: a threshold chosen out-of-fold holds on a split "
+        "whose class histograms look like out-of-fold's."
+    )
+    blocks.append(Plot("score-distributions", caption, _png(fig)))
+    return Section("Decision and score shift", blocks)
+
+
 def _prediction_tiles(inp: Inputs, s: Scored, order: Sequence[int]) -> list[figures.Tile]:
-    classes, pos = inp.run.classes, inp.run.positive
-    preds = s.probs.argmax(axis=1)
+    classes, pos, preds = inp.run.classes, inp.run.positive, s.preds
     tiles = []
     for i, img in zip(order, inp.pixels([s.files[i] for i in order])):
         if img is None:
@@ -379,7 +410,7 @@ def misclassified(inp: Inputs) -> Section | None:
         return None
     blocks: list[Block] = []
     for s in run.scored:
-        preds = s.probs.argmax(axis=1)
+        preds = s.preds
         wrong = np.flatnonzero(preds != s.labels)
         if not len(wrong):
             blocks.append(Note(f"{s.name}: no misclassified images out of {len(s.files)}."))
@@ -452,6 +483,7 @@ def extra_figures(inp: Inputs) -> Section | None:
 
 SECTIONS: tuple[Callable[[Inputs], Section | None], ...] = (
     facts,
+    decision,
     class_distribution,
     samples,
     training_curves,

@@ -54,6 +54,10 @@ class FoldGroup:
             torch.distributed.all_reduce(t, group=self.pg)
         return t
 
+    def barrier(self) -> None:
+        """Return once every member has called this."""
+        self.sum(torch.zeros(1, device=self.device))
+
     def gather_rows(self, local: np.ndarray, n: int) -> np.ndarray:
         """Every member's `shard` rows of an (n, ...) array, concatenated in rank order."""
         if self.size == 1:

@@ -13,6 +13,7 @@ from pneumo.models.checkpoint import load_state, save_state
 from pneumo.training.engine import EpochTotals, Trainable
 from pneumo.training.group import FoldGroup
 from pneumo.utils.errors import PneumoError
+from pneumo.utils.fsutil import BackgroundWriter
 
 STATE_FORMAT = 1
 
@@ -43,9 +44,17 @@ class Progress:
 
 
 def save_progress(
-    path: Path, fold: int, t: Trainable, p: Progress, aug: torch.Generator, device: torch.device, group: FoldGroup
+    path: Path,
+    fold: int,
+    t: Trainable,
+    p: Progress,
+    aug: torch.Generator,
+    device: torch.device,
+    group: FoldGroup,
+    writer: BackgroundWriter | None = None,
 ) -> None:
-    """Write the fold's full training state atomically (a kill leaves the previous one).
+    """Write the fold's full training state atomically (a kill leaves the previous one); with a
+    `writer`, the state as it is now, in the background.
 
     In a group every member calls this (each one's RNG state is kept); the leader writes.
     """
@@ -73,6 +82,7 @@ def save_progress(
             "scaler": t.scaler.state_dict(),
             **({"ema": t.ema.module.state_dict()} if t.ema is not None else {}),
         },
+        writer,
     )
 
 

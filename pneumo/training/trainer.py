@@ -10,6 +10,7 @@ handler of its events (pneumo.training.handlers).
 from __future__ import annotations
 
 import math
+import sys
 import time
 from argparse import Namespace
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import torch
 
 from pneumo.data.cache import DecodedImages, norm_stats
 from pneumo.data.loader import PixelDataset, eval_batches, make_loader, steps_per_epoch, train_batches
-from pneumo.data.predictions import read_predictions, write_predictions
+from pneumo.data.predictions import PROVISIONAL_THRESHOLD, read_predictions, write_predictions
 from pneumo.data.splits import Splits
 from pneumo.metrics.classification import class_losses, classification_metrics, epoch_metrics
 from pneumo.models.factory import set_head_only, train_mode
@@ -35,7 +36,7 @@ from pneumo.training.handlers import fold_handlers
 from pneumo.training.state import Progress, restore_progress, save_progress
 from pneumo.utils import console
 from pneumo.utils.errors import NonFiniteLossError
-from pneumo.utils.fsutil import atomic_write_json
+from pneumo.utils.fsutil import BackgroundWriter, atomic_write_json
 from pneumo.utils.run_files import BEST, RESULT, STATE, VAL_PREDICTIONS, fold_dir
 
 # What a fold checkpoint's metadata records besides its weights (pneumo.models.fold_model reads it).
@@ -97,16 +98,18 @@ def train_fold(
         p = Progress(0, EpochTotals(), sampler.get_state(), math.inf, -1, [])
     meta = {"fold": fold, **{k: vars(cfg)[k] for k in _META_FLAGS}, "classes": list(splits.classes)}
     meta.update(positive=splits.positive, mean=data.norm[0], std=data.norm[1])
+    writer = BackgroundWriter()  # checkpoints are written while training goes on
     handlers = Handlers([])  # a group's leader writes the fold's files
     if group.is_leader:
-        handlers = fold_handlers(out, fold, cfg, splits, data.val_idx, meta, p.history, env.mixed_precision)
+        handlers = fold_handlers(out, fold, cfg, splits, data.val_idx, meta, p.history, env.mixed_precision, writer)
     try:
         while p.epoch < cfg.epochs:
             epoch_started = time.monotonic()
             images_per_second = _train_epoch(fold, data, t, p, sampler, aug, env, should_stop)
             if images_per_second is None:
-                save_progress(out / STATE, fold, t, p, aug, env.device, group)
+                save_progress(out / STATE, fold, t, p, aug, env.device, group, writer)
                 return None
+            writer.wait()  # the previous epoch's files are on disk (a failed write stops the fold here)
             train_seconds = time.monotonic() - epoch_started
             val_probs = _predict(data, data.val_idx, t.eval_model, env, group=group)
             head_only = p.epoch < cfg.freeze_epochs
@@ -122,15 +125,17 @@ def train_fold(
             handlers.epoch_end(event)
             p.history.append(record)
             p.epoch, p.totals, p.sampler_epoch_start = p.epoch + 1, EpochTotals(), sampler.get_state()
-            save_progress(out / STATE, fold, t, p, aug, env.device, group)
+            save_progress(out / STATE, fold, t, p, aug, env.device, group, writer)
             if _group_stops(group, should_stop):
                 return None
-        if not group.is_leader:
-            return {"fold": fold, "status": "trained by the group"}
-        result = _finish(fold, data, env, p, time.monotonic() - started)
+        writer.wait()
+        group.barrier()  # the leader's best checkpoint is on disk for every member
+        result = _finish(fold, data, env, p, started)
         handlers.fold_end(result)
         return result
     finally:
+        # A stopped fold returns once its state is on disk; an error on its way out keeps its message.
+        writer.close(raise_errors=sys.exc_info()[0] is None)
         handlers.close()
 
 
@@ -244,11 +249,14 @@ def selection_score(select: str, record: dict) -> float:
     return record["val"]["loss"]
 
 
-def _finish(fold: int, data: FoldData, env: FoldEnv, p: Progress, seconds: float) -> dict:
-    """Evaluate the fold's best checkpoint on the evaluation splits; write result.json last, then
-    delete the resume state unless --keep-state."""
-    out, splits = fold_dir(env.run_dir, fold), data.splits
+def _finish(fold: int, data: FoldData, env: FoldEnv, p: Progress, started: float) -> dict:
+    """Evaluate the fold's best checkpoint on the evaluation splits (a group's members each predict
+    a share); the leader writes result.json last, then deletes the resume state unless --keep-state."""
+    out, splits, group = fold_dir(env.run_dir, fold), data.splits, env.group
     best = load_fold_model(out / BEST, env.device)
+    probs = {split: _predict(data, idx, best.model, env, best.norm, group) for split, idx in splits.evals.items()}
+    if not group.is_leader:
+        return {"fold": fold, "status": "trained by the group"}
     val = read_predictions(out / VAL_PREDICTIONS, splits.classes)
     result = {
         "fold": fold,
@@ -262,14 +270,13 @@ def _finish(fold: int, data: FoldData, env: FoldEnv, p: Progress, seconds: float
         "splits": {},
     }
     for split, idx in splits.evals.items():
-        probs = _predict(data, idx, best.model, env, best.norm)
         files = [splits.files[i] for i in idx]
-        write_predictions(out / f"predictions_{split}.csv", files, splits.labels[idx], probs, splits.classes)
-        result["splits"][split] = classification_metrics(
-            splits.labels[idx], probs, splits.classes, splits.positive, files
-        )
-    result["seconds"] = round(seconds, 1)
-    result["processes"] = env.group.size
+        labels = splits.labels[idx]
+        at = {"positive": splits.positive, "threshold": PROVISIONAL_THRESHOLD}  # until the run's decision
+        write_predictions(out / f"predictions_{split}.csv", files, labels, probs[split], splits.classes, **at)
+        result["splits"][split] = classification_metrics(labels, probs[split], splits.classes, splits.positive, files)
+    result["seconds"] = round(time.monotonic() - started, 1)  # the whole fold, its evaluation included
+    result["processes"] = group.size
     atomic_write_json(out / RESULT, result)
     if not env.cfg.keep_state:
         # A done fold is never resumed (its result.json says so): its resume state is dead weight.

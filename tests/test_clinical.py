@@ -22,6 +22,9 @@ def _table(path):
     return list(csv.DictReader(path.open()))
 
 
+N_FOLDS = 5
+
+
 def _covers(ci: dict) -> bool:
     """The interval holds the estimate (a fold of the tiny data may have one patient of a class: no interval)."""
     return ci["value"] is None or ci["low"] is None or ci["low"] <= ci["value"] <= ci["high"]
@@ -42,7 +45,14 @@ def test_training_reports_the_operating_point_chosen_on_oof_with_intervals(run_t
     assert pooled["at_threshold"]["sensitivity"]["value"] == pytest.approx(called[positive].mean())
     assert set(clinical["oof"]["folds"]) == {str(k) for k in range(5)}
     test = clinical["splits"]["test"]
-    assert test["ensemble"]["at_0.5"]["accuracy"]["value"] == pytest.approx(results["ensemble"]["test"]["accuracy"])
+    # The run's one decision is the operating point: its headline metrics are at that threshold.
+    assert results["decision"]["threshold"] == t and results["ensemble"]["test"]["threshold"] == t
+    assert test["ensemble"]["at_threshold"]["accuracy"]["value"] == pytest.approx(
+        results["ensemble"]["test"]["accuracy"]
+    )
+    assert set(clinical["alternatives"]) == {"fixed:0.5", "balanced", "prior"}  # youden is the decision
+    assert clinical["alternatives"]["fixed:0.5"]["threshold"] == 0.5
+    assert set(clinical["shift"]) == {"test"} and 0 < clinical["shift"]["test"]["p_value"] <= 1
     assert set(test["folds"]) == {str(k) for k in range(5)}
     assert all(ci["low"] is not None for ci in pooled["at_threshold"].values() if ci["value"] is not None)
     for section in [pooled, test["ensemble"], *test["folds"].values(), *clinical["oof"]["folds"].values()]:
@@ -70,23 +80,34 @@ def test_training_draws_grad_cam_figures_of_errors_and_a_sample(run_one):
     assert (out / saliency["sample_figure"]).stat().st_size > 0
 
 
-def test_evaluate_rechooses_the_operating_point_on_oof_without_retraining(run_two, cache_dir, tmp_path):
+def test_changing_the_policy_of_a_finished_run_rewrites_every_decision(run_two, cache_dir, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(run_two[0], run)
-    before = (run / "results.json").read_bytes()
     args = ["--cache-dir", str(cache_dir), "--threads", "1", "--threshold-policy", "fixed:0.3"]
-    run_cli(["evaluate.py", str(run), *args, "--saliency-images", "1"])
-    section = json.loads((run / "evaluation" / "test" / "results.json").read_text())["clinical"]
-    assert section["operating_point"]["policy"] == "fixed:0.3"
-    rows = _table(run / "evaluation" / "test" / "predictions.csv")
+    run_cli(["evaluate.py", str(run), *args])
+    results = json.loads((run / "results.json").read_text())
+    assert results["decision"]["policy"] == "fixed:0.3" and results["decision"]["threshold"] == 0.3
+    assert "threshold_policy: fixed:0.3" in (run / "config.yaml").read_text()
+    assert results["clinical"]["operating_point"]["threshold"] == 0.3
+    tables = sorted(run.glob("**/*.csv"))
+    assert len(tables) == 2 + 2 * N_FOLDS  # oof, test ensemble; each fold's validation and test
+    for path in tables:
+        for r in _table(path):
+            assert r["pred"] == ("PNEUMONIA" if float(r["prob_PNEUMONIA"]) >= 0.3 else "NORMAL"), path
+    rows = _table(run / "predictions_test.csv")
     positive = np.array([r["label"] == "PNEUMONIA" for r in rows])
     called = np.array([float(r["prob_PNEUMONIA"]) >= 0.3 for r in rows])
-    at = section["splits"]["test"]["ensemble"]["at_threshold"]
+    assert results["ensemble"]["test"]["accuracy"] == pytest.approx((called == positive).mean())
+    at = results["clinical"]["splits"]["test"]["ensemble"]["at_threshold"]
     assert at["sensitivity"]["value"] == pytest.approx(called[positive].mean())
     assert at["specificity"]["value"] == pytest.approx((~called[~positive]).mean())
-    assert (run / "evaluation" / "test" / "saliency" / "test_sample.png").exists()
-    assert "Operating point fixed:0.3" in (run / "evaluation" / "test" / "summary.txt").read_text()
-    assert (run / "results.json").read_bytes() == before
+    assert "decision fixed:0.3: threshold 0.300" in (run / "summary.txt").read_text()
+    # A split evaluated afterwards uses the run's new decision.
+    run_cli(["evaluate.py", str(run), "--split", "test", "--cache-dir", str(cache_dir), "--threads", "1"])
+    section = json.loads((run / "evaluation" / "test" / "results.json").read_text())
+    assert section["clinical"]["operating_point"]["policy"] == "fixed:0.3"
+    for r in _table(run / "evaluation" / "test" / "predictions.csv"):
+        assert r["pred"] == ("PNEUMONIA" if float(r["prob_PNEUMONIA"]) >= 0.3 else "NORMAL")
 
 
 def _train_accuracy_at_best_epoch(run) -> float:

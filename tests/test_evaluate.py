@@ -41,12 +41,13 @@ def test_evaluate_predicts_images_and_folders(run_two, tiny_data, tmp_path):
     csv_path = tmp_path / "preds.csv"
     run_cli(["evaluate.py", str(out), "--images", str(odd), str(folder), "--out", str(csv_path)])
     rows = list(csv.DictReader(csv_path.open()))
+    threshold = json.loads((out / "results.json").read_text())["decision"]["threshold"]
     assert len(rows) == 1 + len(list(folder.glob("*.jpeg")))
     for row in rows:
         p = float(row["prob_PNEUMONIA"])
         folds = [float(row[f"fold{k}_prob_PNEUMONIA"]) for k in range(5)]
         assert 0 <= p <= 1 and p == pytest.approx(np.mean(folds))
-        assert row["pred"] == ("PNEUMONIA" if p > 0.5 else "NORMAL")
+        assert row["pred"] == ("PNEUMONIA" if p >= threshold else "NORMAL")  # the run's decision
 
 
 def test_evaluate_refuses_unreadable_images_writing_nothing(run_two, tmp_path):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
 import pytest
 
+from pneumo.data.predictions import redecide_table, write_predictions
 from pneumo.metrics.classification import classification_metrics, epoch_metrics, mean_std, report_text
 
 CLASSES = ("NORMAL", "PNEUMONIA")
@@ -45,7 +47,7 @@ def test_undefined_metrics_are_null_in_json():
 
 
 def test_the_text_report_says_n_a_for_an_undefined_recall():
-    text = report_text(np.array([1, 1, 1]), _probs([1, 0, 1]), CLASSES)
+    text = report_text(np.array([1, 1, 1]), _probs([1, 0, 1]), CLASSES, positive=1, threshold=0.5)
     normal = next(line for line in text.splitlines() if line.strip().startswith("NORMAL"))
     assert normal.split()[1:] == ["0.0000", "n/a", "0.0000", "0"]
 
@@ -62,3 +64,17 @@ def test_spread_skips_folds_where_the_metric_is_undefined():
         "specificity": {"mean": 0.5, "std": None, "n": 1},
         "roc_auc": {"mean": None, "std": None, "n": 0},
     }
+
+
+def test_metrics_and_tables_call_positive_at_the_given_threshold(tmp_path):
+    labels = np.array([0, 0, 1, 1])
+    probs = np.array([[0.9, 0.1], [0.65, 0.35], [0.7, 0.3], [0.2, 0.8]])
+    m = classification_metrics(labels, probs, CLASSES, positive=1, threshold=0.3)
+    assert (m["accuracy"], m["sensitivity"], m["specificity"], m["threshold"]) == (0.75, 1.0, 0.5, 0.3)
+    path = tmp_path / "p.csv"
+    write_predictions(path, list("abcd"), labels, probs, CLASSES, {"fold": [0, 1, 0, 1]}, positive=1, threshold=0.3)
+    assert [r["pred"] for r in csv.DictReader(path.open())] == ["NORMAL", "PNEUMONIA", "PNEUMONIA", "PNEUMONIA"]
+    redecide_table(path, CLASSES, 1, 0.5)  # the pred column follows a new threshold; the rest is kept
+    rows = list(csv.DictReader(path.open()))
+    assert [r["pred"] for r in rows] == ["NORMAL", "NORMAL", "NORMAL", "PNEUMONIA"]
+    assert [r["fold"] for r in rows] == ["0", "1", "0", "1"] and rows[1]["prob_PNEUMONIA"] == "0.35"

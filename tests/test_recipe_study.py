@@ -27,6 +27,9 @@ def probs(p_pneumonia: list[float]) -> np.ndarray:
     return np.stack([1 - p, p], axis=1)
 
 
+AT = {"positive": 1, "threshold": 0.5}
+
+
 def finished_run(run: Path, precision: str = "no") -> None:
     """A run directory as train.py leaves it, with predictions whose metrics are worked out by hand below."""
     (run / "fold0").mkdir(parents=True)
@@ -35,7 +38,9 @@ def finished_run(run: Path, precision: str = "no") -> None:
     oof = [0.1, 0.2, 0.4, 0.3, 0.6, 0.7, 0.9]
     labels = [0, 0, 0, 1, 1, 1, 1]
     fold = [0, 1, 0, 1, 0, 1, 0]
-    write_predictions(run / "oof.csv", [f"v{i}.jpeg" for i in range(7)], labels, probs(oof), CLASSES, {"fold": fold})
+    write_predictions(
+        run / "oof.csv", [f"v{i}.jpeg" for i in range(7)], labels, probs(oof), CLASSES, {"fold": fold}, **AT
+    )
     # Test: NORMAL, NORMAL, PNEUMONIA, PNEUMONIA; fold 0 and fold 1 models, ensemble 0.3 0.7 0.6 0.8.
     per_fold = np.stack([probs([0.2, 0.6, 0.4, 0.9]), probs([0.4, 0.8, 0.8, 0.7])])
     write_split_predictions(
@@ -45,7 +50,7 @@ def finished_run(run: Path, precision: str = "no") -> None:
         per_fold,
         [0, 1],
         CLASSES,
-        1,
+        **AT,
     )
     results = {
         "positive_class": "PNEUMONIA",

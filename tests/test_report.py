@@ -45,15 +45,16 @@ def test_the_spread_row_says_it_is_the_sample_sd_and_undefined_cells_read_n_a():
 def _fold_outputs(run: Path, fold: int, test_files: list[str]) -> dict:
     out = run / f"fold{fold}"
     probs = np.tile([[0.3, 0.7]], (len(test_files), 1))
-    write_predictions(out / "val_predictions.csv", [f"train/a{fold}.jpeg"], np.array([1]), probs[:1], CLASSES)
-    write_predictions(out / "predictions_test.csv", test_files, np.ones(len(test_files), int), probs, CLASSES)
+    at = {"positive": 1, "threshold": 0.5}
+    write_predictions(out / "val_predictions.csv", [f"train/a{fold}.jpeg"], np.array([1]), probs[:1], CLASSES, **at)
+    write_predictions(out / "predictions_test.csv", test_files, np.ones(len(test_files), int), probs, CLASSES, **at)
     return {"fold": fold, "status": "done", "val": {}, "splits": {"test": {}}}
 
 
 def test_fold_predictions_of_different_files_name_the_file(tmp_path):
     results = [_fold_outputs(tmp_path, 0, ["test/x.jpeg", "test/y.jpeg"]), _fold_outputs(tmp_path, 1, ["test/x.jpeg"])]
     with pytest.raises(PneumoError) as info:
-        build_results(tmp_path, results, CLASSES, 1, {})
+        build_results(tmp_path, results, CLASSES, 1, {}, {"threshold_policy": "fixed:0.5"})
     assert str(info.value).startswith(f"{tmp_path / 'fold1' / 'predictions_test.csv'}: its test files or labels differ")
 
 

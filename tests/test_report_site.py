@@ -93,11 +93,12 @@ def test_report_tables_match_sklearns_classification_report_of_the_saved_predict
     cases = [("test: ensemble", out / "predictions_test.csv")]
     cases += [(f"test: fold {k}", out / f"fold{k}" / "predictions_test.csv") for k in range(N_FOLDS)]
     cases += [(f"out-of-fold validation: fold {k}", out / f"fold{k}" / "val_predictions.csv") for k in range(N_FOLDS)]
+    threshold = json.loads((out / "results.json").read_text())["decision"]["threshold"]
     for caption, csv_path in cases:
         preds = read_predictions(csv_path, CLASSES)
         expected = classification_report(
             preds.labels,
-            preds.probs.argmax(1),
+            (preds.probs[:, 1] >= threshold).astype(int),  # the run's decision
             labels=[0, 1],
             target_names=CLASSES,
             output_dict=True,
@@ -114,7 +115,8 @@ def test_report_tables_match_sklearns_classification_report_of_the_saved_predict
 def test_misclassified_gallery_states_the_total_number_of_mistakes(run_two):
     out = run_two[0]
     preds = read_predictions(out / "predictions_test.csv", CLASSES)
-    wrong = int((preds.probs.argmax(1) != preds.labels).sum())
+    threshold = json.loads((out / "results.json").read_text())["decision"]["threshold"]
+    wrong = int(((preds.probs[:, 1] >= threshold).astype(int) != preds.labels).sum())
     md = (out / "report" / "report.md").read_text()
     if wrong:
         assert f"test: {wrong} misclassified images in all" in md

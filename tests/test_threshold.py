@@ -75,3 +75,12 @@ def test_fixed_policy_uses_its_value(oof):
 def test_bad_policy_is_one_clear_error(text):
     with pytest.raises(PneumoError, match="--threshold-policy"):
         parse_policy(text)
+
+
+def test_prior_policy_is_bayes_minimum_error_at_the_pool_prior():
+    # Trained at a 50/50 prior, a pool with 3 positives in 4: P >= 1/4 calls positive (odds 1 : 3).
+    positive = np.array([True, True, True, False] * 25)
+    scores = np.linspace(0.01, 0.99, 100)
+    assert choose_threshold(positive, scores, parse_policy("prior"), 0.5)["threshold"] == pytest.approx(0.25)
+    # Trained at the pool's own prior the outputs need no correction: 0.5.
+    assert choose_threshold(positive, scores, parse_policy("prior"), 0.75)["threshold"] == pytest.approx(0.5)

@@ -272,7 +272,7 @@ def clinical_tables(section: dict) -> list[Table]:
     rows = [("out-of-fold", section["oof"]["pooled"])]
     rows += [(f"{name} ensemble", s["ensemble"]) for name, s in section["splits"].items()]
     for label, by_threshold in rows:
-        for at, shown in zip(AT, ("0.5", f"{t:.3f}")):
+        for at, shown in ((AT[1], f"{t:.3f}"), (AT[0], "0.5 (alternative)")):
             table.add_row(label, shown, *[ci_text(by_threshold[at][k]) for k, _ in TABLE_KEYS])
     tables = [table]
     if section.get("alternatives"):

@@ -44,7 +44,7 @@ def score(positive: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
     return {"threshold": threshold, **r}
 
 
-def adapted_scores(run: Path, adapt: str, classes: list[str], positive: int) -> np.ndarray:
+def adapted_scores(run: Path, adapt: str, classes: list[str], positive: int) -> tuple[list[str], np.ndarray]:
     """The ensemble's P(positive) on test/ after `evaluate.py --adapt-on test --adapt ADAPT`."""
     cmd = [sys.executable, "evaluate.py", str(run), "--adapt-on", "test", "--adapt", adapt, "--saliency-images", "0"]
     subprocess.run(cmd, cwd=ROOT, check=True)

@@ -53,6 +53,9 @@ def test_training_reports_the_operating_point_chosen_on_oof_with_intervals(run_t
     assert set(clinical["alternatives"]) == {"fixed:0.5", "balanced", "prior"}  # youden is the decision
     assert clinical["alternatives"]["fixed:0.5"]["threshold"] == 0.5
     assert set(clinical["shift"]) == {"test"} and 0 < clinical["shift"]["test"]["p_value"] <= 1
+    for path in sorted(out.glob("**/*.csv")):  # every table the run wrote calls PNEUMONIA at P >= t
+        for r in _table(path):
+            assert r["pred"] == ("PNEUMONIA" if float(r["prob_PNEUMONIA"]) >= t else "NORMAL"), path
     assert set(test["folds"]) == {str(k) for k in range(5)}
     assert all(ci["low"] is not None for ci in pooled["at_threshold"].values() if ci["value"] is not None)
     for section in [pooled, test["ensemble"], *test["folds"].values(), *clinical["oof"]["folds"].values()]:
@@ -70,7 +73,7 @@ def test_training_reports_calibration_with_reliability_diagrams_and_summary(run_
     assert (out / "calibration" / "reliability_oof.png").stat().st_size > 0
     assert (out / "calibration" / "reliability_test.png").stat().st_size > 0
     summary = (out / "summary.txt").read_text()
-    assert "Operating point youden" in summary and "ECE" in summary
+    assert "The run's decision youden" in summary and "ECE" in summary
 
 
 def test_training_draws_grad_cam_figures_of_errors_and_a_sample(run_one):

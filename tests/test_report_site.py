@@ -21,6 +21,7 @@ CLASSES = ["NORMAL", "PNEUMONIA"]
 N_FOLDS = 5
 # One figure of each kind the report promises, for the tiny run (OOF + its test split).
 FIGURES = [
+    "score-distributions",
     "class-distribution",
     "samples",
     "augmentations",

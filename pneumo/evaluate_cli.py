@@ -7,6 +7,8 @@ pneumo-evaluate runs/NAME --report                          # (re)write runs/NAM
 pneumo-evaluate runs/NAME --ensemble                        # results + ensemble + report after a SLURM fold array
 pneumo-evaluate runs/NAME --images a.jpeg b.png some_dir/ --out preds.csv
 pneumo-evaluate --compare runs/A runs/B --out runs/comparison  # runs/comparison.md and .csv
+pneumo-evaluate runs/NAME --adapt-on test                   # test adapted to its own images: evaluation/test-adapted/
+pneumo-evaluate runs/NAME --data-dir SITE --adapt-on site_images/ --split test  # adapt on a folder, evaluate SITE/test
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 from pathlib import Path
 
 from pneumo.config import HelpFormatter
+from pneumo.evaluation.adapt import METHODS, MIN_IMAGES
 from pneumo.evaluation.clinical import SALIENCY_IMAGES
 from pneumo.evaluation.evaluate import evaluate_run, predict_images, split_tables
 from pneumo.flags import ArgumentParser, integer, threshold_policy
@@ -40,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--split",
         type=str,
         default=None,
-        help="split folder to evaluate (only DATA_DIR/SPLIT is read; it may be the only folder there); default test, "
-        "none with --threshold-policy alone",
+        help="split folder to evaluate (only DATA_DIR/SPLIT is read; it may be the only folder there); default "
+        "test (with --adapt-on SPLIT: that split), none with --threshold-policy alone",
     )
     p.add_argument(
         "--allow-pool-split",
@@ -76,6 +79,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="change the run's decision: the operating point chosen on its out-of-fold predictions (fixed:X, youden, "
         "balanced, prior, sensitivity:X, specificity:X); rewrites results.json, every pred column, the summary and "
         "the report, and records it in config.yaml (default: keep the run's own)",
+    )
+    p.add_argument(
+        "--adapt-on",
+        type=str,
+        default=None,
+        metavar="DIR_OR_SPLIT",
+        help="adapt the fold models and the decision to a new site, label-free, before evaluating: a split of the "
+        "data dir (e.g. test) or any folder of the site's images (searched recursively; class folders are ignored, "
+        f"no label is read; at least {MIN_IMAGES} images); writes evaluation/SPLIT-adapted/ (SPLIT defaults to "
+        "DIR_OR_SPLIT when it is a split, else test); the checkpoints are not changed",
+    )
+    p.add_argument(
+        "--adapt",
+        choices=tuple(METHODS),
+        default=None,
+        help="with --adapt-on: adabn re-estimates every BatchNorm layer's statistics on the site's images (Li et al. "
+        "2016); prior estimates the site's positive-class prior by EM on the ensemble's scores (Saerens et al. 2002) "
+        "and moves a prior-dependent decision (fixed:X, prior; youden, balanced, sensitivity:X and specificity:X "
+        "keep their threshold); both: adabn, then prior on the adapted scores (default: both)",
     )
     p.add_argument(
         "--bootstrap-resamples",
@@ -125,6 +147,13 @@ def check_together(args: argparse.Namespace) -> None:
         raise PneumoError(
             "--report rewrites RUN_DIR/report/ from the run's files; run --images or --compare separately"
         )
+    if args.adapt_on and (args.images or args.compare or args.report or args.ensemble or args.threshold_policy):
+        raise PneumoError(
+            "--adapt-on evaluates a split with models adapted to a site; run --images, --compare, --report, "
+            "--ensemble or --threshold-policy separately"
+        )
+    if args.adapt and not args.adapt_on:
+        raise PneumoError("--adapt chooses how to adapt to the images of --adapt-on DIR_OR_SPLIT; give --adapt-on too")
     if args.out and not (args.images or args.compare):
         raise PneumoError(
             "--out is for --images predictions or --compare tables; a split's results go to RUN_DIR/evaluation/SPLIT/"
@@ -161,7 +190,6 @@ def main(argv: list[str] | None = None) -> int:
         elif args.images:
             predict_images(run_dir, args)
         else:
-            args.split = args.split or "test"
             section = evaluate_run(run_dir, args)
             for table in split_tables(run_dir.name, section):
                 console.console.print(table)

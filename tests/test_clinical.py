@@ -38,9 +38,12 @@ def test_training_reports_the_operating_point_chosen_on_oof_with_intervals(run_t
     positive = np.array([r["label"] == "PNEUMONIA" for r in oof])
     scores = np.array([float(r["prob_PNEUMONIA"]) for r in oof])
     t = clinical["operating_point"]["threshold"]
+    assert clinical["operating_point"]["policy"] == "fixed:0.5" and t == 0.5  # the default decision
+    youden = clinical["alternatives"]["youden"]["threshold"]
     fpr, tpr, _ = roc_curve(positive, scores)
+    at_youden = scores >= youden
+    assert at_youden[positive].mean() + (~at_youden[~positive]).mean() - 1 == pytest.approx(np.max(tpr - fpr))
     called = scores >= t
-    assert called[positive].mean() + (~called[~positive]).mean() - 1 == pytest.approx(np.max(tpr - fpr))
     pooled = clinical["oof"]["pooled"]
     assert pooled["at_threshold"]["sensitivity"]["value"] == pytest.approx(called[positive].mean())
     assert set(clinical["oof"]["folds"]) == {str(k) for k in range(5)}
@@ -50,8 +53,7 @@ def test_training_reports_the_operating_point_chosen_on_oof_with_intervals(run_t
     assert test["ensemble"]["at_threshold"]["accuracy"]["value"] == pytest.approx(
         results["ensemble"]["test"]["accuracy"]
     )
-    assert set(clinical["alternatives"]) == {"fixed:0.5", "balanced", "prior"}  # youden is the decision
-    assert clinical["alternatives"]["fixed:0.5"]["threshold"] == 0.5
+    assert set(clinical["alternatives"]) == {"youden", "balanced", "prior"}
     assert set(clinical["shift"]) == {"test"} and 0 < clinical["shift"]["test"]["p_value"] <= 1
     for path in sorted(out.glob("**/*.csv")):  # every table the run wrote calls PNEUMONIA at P >= t
         for r in _table(path):
@@ -73,7 +75,7 @@ def test_training_reports_calibration_with_reliability_diagrams_and_summary(run_
     assert (out / "calibration" / "reliability_oof.png").stat().st_size > 0
     assert (out / "calibration" / "reliability_test.png").stat().st_size > 0
     summary = (out / "summary.txt").read_text()
-    assert "The run's decision youden" in summary and "ECE" in summary
+    assert "The run's decision fixed:0.5" in summary and "ECE" in summary
 
 
 def test_training_draws_grad_cam_figures_of_errors_and_a_sample(run_one):

@@ -15,7 +15,7 @@ from pneumo.metrics.prior import prior_threshold
 from pneumo.utils.errors import PneumoError
 
 POLICIES = ("youden", "balanced", "prior", "sensitivity", "specificity", "fixed")
-DEFAULT_POLICY = "youden"
+DEFAULT_POLICY = "fixed:0.5"  # studies/decision
 _HELP = "youden, balanced, prior, sensitivity:0.95, specificity:0.90 or fixed:0.5"
 
 

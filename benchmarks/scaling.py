@@ -36,12 +36,13 @@ from pneumo.training.plan import DP_EFFICIENCY, make_plan  # noqa: E402
 
 
 def fold_times(run: Path, folds: int) -> list[dict]:
-    """Each fold's start, end (seconds, epoch time) and process count, from its result.json."""
+    """Each fold's start, end (seconds, epoch time) and process count, from its result.json (the
+    run's end rewrites it at the run's decision, so its own `finished_at`, not its mtime)."""
     out = []
     for k in range(folds):
         path = run / f"fold{k}" / "result.json"
         result = json.loads(path.read_text())
-        end = path.stat().st_mtime
+        end = result["finished_at"]
         out.append(
             {
                 "fold": k,

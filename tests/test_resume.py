@@ -19,7 +19,7 @@ from pneumo.data.synthetic import generate
 # since bf16 autocast is emulated (10x slower) on CPUs without AVX-512 BF16.
 RESUME_ARGS = ("--model", "resnet18", "--image-size", "48", "--folds", "2", "--epochs", "2", "--mixed-precision", "no")
 EXIT_STOPPED = 75
-TIMING_KEYS = {"wall_seconds", "seconds", "train_seconds", "images_per_second", "processes"}
+TIMING_KEYS = {"wall_seconds", "seconds", "finished_at", "train_seconds", "images_per_second", "processes"}
 
 
 @pytest.fixture(scope="module")

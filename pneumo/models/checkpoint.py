@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from pneumo.utils.errors import PneumoError
-from pneumo.utils.fsutil import BackgroundWriter, atomic_write_bytes
+from pneumo.utils.fsutil import atomic_write_bytes
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -23,31 +23,11 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-def snapshot(obj: Any) -> Any:
-    """`obj` (nested dicts/lists of tensors and plain values) with every tensor copied to the CPU:
-    what a later or background write sees, whatever training does to the tensors meanwhile."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: snapshot(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return type(obj)(snapshot(v) for v in obj)
-    return obj
-
-
-def save_weights(path: Path, model: nn.Module, meta: dict[str, Any], writer: BackgroundWriter | None = None) -> None:
-    """Write the model's weights and `meta` (JSON) to one safetensors file, atomically; with a
-    `writer`, the weights as they are now, written in the background."""
-    state = {k: v.contiguous() for k, v in snapshot(unwrap(model).state_dict()).items()}
-
-    def write() -> None:
-        # Serialised in memory, written by Python: a full disk surfaces as an OSError we report.
-        atomic_write_bytes(path, save(state, metadata={"pneumo": json.dumps(meta)}))
-
-    if writer is None:
-        write()
-    else:
-        writer.submit(write)
+def save_weights(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
+    """Write the model's weights and `meta` (JSON) to one safetensors file, atomically."""
+    state = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
+    # Serialised in memory, written by Python: a full disk surfaces as an OSError we report.
+    atomic_write_bytes(path, save(state, metadata={"pneumo": json.dumps(meta)}))
 
 
 def load_weights_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -62,21 +42,12 @@ def load_weights_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
         raise PneumoError(f"{path}: not a readable safetensors checkpoint ({exc})") from exc
 
 
-def save_state(path: Path, state: dict[str, Any], writer: BackgroundWriter | None = None) -> None:
+def save_state(path: Path, state: dict[str, Any]) -> None:
     """torch.save a dict of tensors and plain values, atomically (serialised in memory first, so a
-    full disk surfaces as an OSError rather than torch's opaque writer error); with a `writer`,
-    the state as it is now, written in the background."""
-    state = snapshot(state)
-
-    def write() -> None:
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        atomic_write_bytes(path, buffer.getbuffer())
-
-    if writer is None:
-        write()
-    else:
-        writer.submit(write)
+    full disk surfaces as an OSError rather than torch's opaque writer error)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getbuffer())
 
 
 def load_state(path: Path) -> dict[str, Any]:

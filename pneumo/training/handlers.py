@@ -18,30 +18,24 @@ from pneumo.models.checkpoint import save_weights
 from pneumo.training.events import EpochEnd, Handler, Handlers
 from pneumo.training.tracking import FoldLogger
 from pneumo.utils import console
-from pneumo.utils.fsutil import BackgroundWriter, atomic_write_json
+from pneumo.utils.fsutil import atomic_write_json
 from pneumo.utils.run_files import BEST, VAL_PREDICTIONS
 
 
 class BestCheckpoint(Handler):
     """On a new best epoch: foldK/best.safetensors (weights + what evaluation needs to use them)
-    and foldK/val_predictions.csv, the validation fold's probabilities at that epoch, both
-    written in the background by `writer`."""
+    and foldK/val_predictions.csv, the validation fold's probabilities at that epoch."""
 
-    def __init__(
-        self, out: Path, meta: dict[str, Any], splits: Splits, val_idx: np.ndarray, writer: BackgroundWriter
-    ) -> None:
-        self.out, self.meta, self.writer = out, meta, writer
+    def __init__(self, out: Path, meta: dict[str, Any], splits: Splits, val_idx: np.ndarray) -> None:
+        self.out, self.meta = out, meta
         self.files = [splits.files[i] for i in val_idx]
         self.labels, self.classes, self.positive = splits.labels[val_idx], splits.classes, splits.positive
 
     def new_best(self, event: EpochEnd) -> None:
         meta = {**self.meta, "epoch": event.record["epoch"], "val_loss": event.record["val"]["loss"]}
-        save_weights(self.out / BEST, event.weights, meta, self.writer)
-        probs = event.val_probs.copy()
+        save_weights(self.out / BEST, event.weights, meta)
         at = {"positive": self.positive, "threshold": PROVISIONAL_THRESHOLD}  # the run's decision comes at its end
-        self.writer.submit(
-            lambda: write_predictions(self.out / VAL_PREDICTIONS, self.files, self.labels, probs, self.classes, **at)
-        )
+        write_predictions(self.out / VAL_PREDICTIONS, self.files, self.labels, event.val_probs, self.classes, **at)
 
 
 def _fmt(value: float | None) -> str:
@@ -83,10 +77,9 @@ def fold_handlers(
     meta: dict[str, Any],
     history: list[dict[str, Any]],
     mixed_precision: str,
-    writer: BackgroundWriter,
 ) -> Handlers:
     """The handlers of a training fold, in the order they act on each event."""
     hparams = {**vars(cfg), "mixed_precision": mixed_precision}
     handlers: list[Handler] = [SampleAudit(out, splits.files)] if cfg.audit_samples else []
-    handlers += [BestCheckpoint(out, meta, splits, val_idx, writer), FoldLogger(out, fold, history, hparams)]
+    handlers += [BestCheckpoint(out, meta, splits, val_idx), FoldLogger(out, fold, history, hparams)]
     return Handlers([*handlers, EpochLine(cfg.epochs)])

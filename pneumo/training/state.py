@@ -13,7 +13,6 @@ from pneumo.models.checkpoint import load_state, save_state
 from pneumo.training.engine import EpochTotals, Trainable
 from pneumo.training.group import FoldGroup
 from pneumo.utils.errors import PneumoError
-from pneumo.utils.fsutil import BackgroundWriter
 
 STATE_FORMAT = 1
 
@@ -44,17 +43,9 @@ class Progress:
 
 
 def save_progress(
-    path: Path,
-    fold: int,
-    t: Trainable,
-    p: Progress,
-    aug: torch.Generator,
-    device: torch.device,
-    group: FoldGroup,
-    writer: BackgroundWriter | None = None,
+    path: Path, fold: int, t: Trainable, p: Progress, aug: torch.Generator, device: torch.device, group: FoldGroup
 ) -> None:
-    """Write the fold's full training state atomically (a kill leaves the previous one); with a
-    `writer`, the state as it is now, in the background.
+    """Write the fold's full training state atomically (a kill leaves the previous one).
 
     In a group every member calls this (each one's RNG state is kept); the leader writes.
     """
@@ -82,7 +73,6 @@ def save_progress(
             "scaler": t.scaler.state_dict(),
             **({"ema": t.ema.module.state_dict()} if t.ema is not None else {}),
         },
-        writer,
     )
 
 

@@ -10,7 +10,6 @@ handler of its events (pneumo.training.handlers).
 from __future__ import annotations
 
 import math
-import sys
 import time
 from argparse import Namespace
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from pneumo.training.handlers import fold_handlers
 from pneumo.training.state import Progress, restore_progress, save_progress
 from pneumo.utils import console
 from pneumo.utils.errors import NonFiniteLossError
-from pneumo.utils.fsutil import BackgroundWriter, atomic_write_json
+from pneumo.utils.fsutil import atomic_write_json
 from pneumo.utils.run_files import BEST, RESULT, STATE, VAL_PREDICTIONS, fold_dir
 
 # What a fold checkpoint's metadata records besides its weights (pneumo.models.fold_model reads it).
@@ -98,18 +97,16 @@ def train_fold(
         p = Progress(0, EpochTotals(), sampler.get_state(), math.inf, -1, [])
     meta = {"fold": fold, **{k: vars(cfg)[k] for k in _META_FLAGS}, "classes": list(splits.classes)}
     meta.update(positive=splits.positive, mean=data.norm[0], std=data.norm[1])
-    writer = BackgroundWriter()  # checkpoints are written while training goes on
     handlers = Handlers([])  # a group's leader writes the fold's files
     if group.is_leader:
-        handlers = fold_handlers(out, fold, cfg, splits, data.val_idx, meta, p.history, env.mixed_precision, writer)
+        handlers = fold_handlers(out, fold, cfg, splits, data.val_idx, meta, p.history, env.mixed_precision)
     try:
         while p.epoch < cfg.epochs:
             epoch_started = time.monotonic()
             images_per_second = _train_epoch(fold, data, t, p, sampler, aug, env, should_stop)
             if images_per_second is None:
-                save_progress(out / STATE, fold, t, p, aug, env.device, group, writer)
+                save_progress(out / STATE, fold, t, p, aug, env.device, group)
                 return None
-            writer.wait()  # the previous epoch's files are on disk (a failed write stops the fold here)
             train_seconds = time.monotonic() - epoch_started
             val_probs = _predict(data, data.val_idx, t.eval_model, env, group=group)
             head_only = p.epoch < cfg.freeze_epochs
@@ -125,17 +122,14 @@ def train_fold(
             handlers.epoch_end(event)
             p.history.append(record)
             p.epoch, p.totals, p.sampler_epoch_start = p.epoch + 1, EpochTotals(), sampler.get_state()
-            save_progress(out / STATE, fold, t, p, aug, env.device, group, writer)
+            save_progress(out / STATE, fold, t, p, aug, env.device, group)
             if _group_stops(group, should_stop):
                 return None
-        writer.wait()
         group.barrier()  # the leader's best checkpoint is on disk for every member
         result = _finish(fold, data, env, p, started)
         handlers.fold_end(result)
         return result
     finally:
-        # A stopped fold returns once its state is on disk; an error on its way out keeps its message.
-        writer.close(raise_errors=sys.exc_info()[0] is None)
         handlers.close()
 
 
@@ -276,6 +270,7 @@ def _finish(fold: int, data: FoldData, env: FoldEnv, p: Progress, started: float
         write_predictions(out / f"predictions_{split}.csv", files, labels, probs[split], splits.classes, **at)
         result["splits"][split] = classification_metrics(labels, probs[split], splits.classes, splits.positive, files)
     result["seconds"] = round(time.monotonic() - started, 1)  # the whole fold, its evaluation included
+    result["finished_at"] = round(time.time(), 3)  # when (epoch seconds): the scaling benchmark's clock
     result["processes"] = group.size
     atomic_write_json(out / RESULT, result)
     if not env.cfg.keep_state:

@@ -9,8 +9,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -127,31 +126,3 @@ def check_writable(directory: Path, option: str) -> None:
         raise PneumoError(
             f"{option} {directory}: cannot write in {existing} ({exc.strerror}); choose another path"
         ) from exc
-
-
-class BackgroundWriter:
-    """Runs file writes on one background thread, in the order submitted, so that training does
-    not wait for serialisation and the disk. `wait()` returns once every submitted write is
-    done and raises the first one that failed; `close()` waits, then stops the thread."""
-
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pneumo-writer")
-        self._pending: list[Future] = []
-
-    def submit(self, write: Callable[[], None]) -> None:
-        self._pending.append(self._pool.submit(write))
-
-    def wait(self) -> None:
-        pending, self._pending = self._pending, []
-        for future in pending:
-            future.result()
-
-    def close(self, raise_errors: bool = True) -> None:
-        """Wait for the writes, then stop; `raise_errors=False` while another error is on its way out."""
-        try:
-            self.wait()
-        except Exception:
-            if raise_errors:
-                raise
-        finally:
-            self._pool.shutdown()

@@ -11,7 +11,7 @@ import pytest
 from scipy.special import expit
 
 from pneumo.metrics.shift import score_shift
-from pneumo.report.figures import score_distributions
+from pneumo.report.figures import score_distributions_figure
 from pneumo.utils.errors import PneumoError
 
 OOF_PRIOR = 0.74
@@ -145,15 +145,15 @@ def test_score_distributions_writes_a_png_with_labelled_and_unlabelled_splits(tm
     oof, positive = _oof(n=400)
     test, test_positive = _scores(rng, 0.4, 100)
     site, _ = _scores(rng, 0.2, 80, push=1.0)
-    path = tmp_path / "figures" / "score_distributions.png"
-    score_distributions(
-        path,
+    path = tmp_path / "score_distributions.png"
+    fig = score_distributions_figure(
         "P(PNEUMONIA) per true class",
         "PNEUMONIA",
         ["NORMAL", "PNEUMONIA"],
         (oof, positive.astype(int)),
         {"test": (test, test_positive.astype(int)), "site": (site, None), "empty": (np.array([]), np.array([]))},
     )
+    fig.savefig(path, format="png", dpi=100)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert path.stat().st_size > 10_000
-    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
+    assert len(fig.axes) >= 4 and [ax.get_title() for ax in fig.axes[:4]] == ["out-of-fold", "test", "site", "empty"]

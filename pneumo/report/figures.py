@@ -1,8 +1,7 @@
 """The report's figures (matplotlib): each function takes plain data and returns a Figure.
 
 Figures are made without pyplot (no GUI backend, no global figure registry) and saved by
-the caller (score_distributions, which writes its PNG atomically itself, aside); nothing here
-reads files.
+the caller; nothing here reads or writes files.
 """
 
 from __future__ import annotations
@@ -10,15 +9,12 @@ from __future__ import annotations
 import functools
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 from sklearn.calibration import CalibrationDisplay
 from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
-
-from pneumo.utils.fsutil import atomic_path
 
 History = Sequence[Mapping]  # one fold's epoch records (metrics.jsonl)
 Getter = Callable[[Mapping], float | None]
@@ -320,16 +316,3 @@ def score_distributions_figure(
             ax.legend(loc="upper center")
     return fig
 
-
-def score_distributions(
-    path: Path,
-    title: str,
-    positive_name: str,
-    class_names: Sequence[str],
-    oof: tuple[np.ndarray, np.ndarray],
-    splits: dict[str, tuple[np.ndarray, np.ndarray | None]],
-) -> None:
-    """Write score_distributions_figure(...) to `path` as PNG, atomically."""
-    fig = score_distributions_figure(title, positive_name, class_names, oof, splits)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)

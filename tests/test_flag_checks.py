@@ -99,8 +99,9 @@ EVALUATE_BAD_VALUES = [
     ("--bootstrap-resamples", "100"),
     ("--saliency-images", "-2"),
     ("--tta", "mirror"),
+    ("--adapt", "everything"),
 ]
-EVALUATE_FREE_TEXT = {"run_dir", "data_dir", "split", "images", "out", "cache_dir", "compare"}
+EVALUATE_FREE_TEXT = {"run_dir", "data_dir", "split", "images", "out", "cache_dir", "compare", "adapt_on"}
 
 
 def _error_line(main, argv: list[str], capsys) -> str:

@@ -16,10 +16,10 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 install: $(VENV)/.installed
 
-# The demo trains the reference recipe (light augmentation, 64 px, 10 epochs): it learns the
-# built-in synthetic set in minutes; the defaults' heavy regularisation needs more steps.
+# The demo trains the reference recipe (configs/demo.yaml: light augmentation, 64 px, 10 epochs):
+# it learns the built-in synthetic set in minutes; the defaults' heavy regularisation needs more steps.
 demo: install
-	$(PY) train.py --config benchmarks/reference.yaml --output-dir runs/demo
+	$(PY) train.py --config configs/demo.yaml --output-dir runs/demo
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -2,7 +2,7 @@
 """Recipe study: train named recipe variants on real data and tabulate how each generalises.
 
 Each variant is a train.py config file, `benchmarks/recipes/NAME.yaml` (its first comment
-line is the variant's description), read on top of `benchmarks/reference.yaml` — the recipe
+line is the variant's description), read on top of `configs/reference.yaml` — the recipe
 before the study (the reference reports' recipe at 64 px, 10 epochs) — so a variant names only
 what it changes, whatever train.py's defaults are. The study's first rows ran in bf16, later ones
 in float32 (`--mixed-precision`; the table's autocast column).
@@ -48,7 +48,7 @@ SCREEN_FOLDS = [0, 1]
 STAGES = {"screen": ["--train-folds", *map(str, SCREEN_FOLDS)], "final": []}
 # What every variant starts from unless its YAML says otherwise: the recipe before the study
 # (`make demo` trains it too). train.py's defaults are the study's winner.
-REFERENCE = yaml.safe_load((ROOT / "benchmarks" / "reference.yaml").read_text(encoding="utf-8"))
+REFERENCE = yaml.safe_load((ROOT / "configs" / "reference.yaml").read_text(encoding="utf-8"))
 
 
 def describe(path: Path) -> str:

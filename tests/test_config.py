@@ -7,8 +7,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pneumo.config import parse_args, result_keys_diff
+from pneumo.config import defaults_yaml, parse_args, result_keys_diff
 from pneumo.utils.errors import PneumoError
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "configs"
 
 
 def test_defaults_are_the_recipe_the_study_chose():
@@ -34,20 +37,35 @@ def test_defaults_are_the_recipe_the_study_chose():
 
 def test_the_study_recipe_file_is_exactly_the_defaults():
     """benchmarks/recipes/ts-96.yaml on top of the study's reference recipe gives train.py's defaults."""
-    root = Path(__file__).resolve().parent.parent
-    reference = yaml.safe_load((root / "benchmarks" / "reference.yaml").read_text())
-    study = {**reference, **yaml.safe_load((root / "benchmarks" / "recipes" / "ts-96.yaml").read_text())}
+    reference = yaml.safe_load((CONFIGS / "reference.yaml").read_text())
+    study = {**reference, **yaml.safe_load((ROOT / "benchmarks" / "recipes" / "ts-96.yaml").read_text())}
     defaults = vars(parse_args([]))
     assert {k: defaults[k] for k in study} == study
 
 
 def test_the_reference_recipe_file_turns_every_lever_of_the_study_off():
-    root = Path(__file__).resolve().parent.parent
-    reference = vars(parse_args(["--config", str(root / "benchmarks" / "reference.yaml")]))
+    reference = vars(parse_args(["--config", str(CONFIGS / "reference.yaml")]))
     assert (reference["image_size"], reference["epochs"], reference["weight_decay"]) == (64, 10, 1e-4)
     assert reference["aug_scale"] == [1.0, 1.0] and reference["aug_aspect"] == 1.0
     levers = ("mixup", "cutmix", "label_smoothing", "ema_decay", "aug_translate", "aug_gamma", "aug_contrast")
     assert all(reference[k] == 0 for k in (*levers, "aug_brightness", "aug_erase_p", "aug_blur_p", "aug_noise_p"))
+
+
+def test_the_defaults_file_holds_every_flag_at_its_default_key_for_key():
+    shipped = yaml.safe_load((CONFIGS / "defaults.yaml").read_text())
+    defaults = vars(parse_args([]))
+    del defaults["config"]  # a config file cannot name another one
+    assert shipped == defaults
+
+
+def test_training_from_the_defaults_file_is_training_with_no_flags():
+    path = str(CONFIGS / "defaults.yaml")
+    assert vars(parse_args(["--config", path])) == {**vars(parse_args([])), "config": path}
+
+
+def test_the_defaults_file_is_what_dump_defaults_writes():
+    # Regenerate with: python -m pneumo.config --dump-defaults > configs/defaults.yaml
+    assert (CONFIGS / "defaults.yaml").read_text() == defaults_yaml()
 
 
 def test_yaml_config_supplies_values_and_flags_win(tmp_path):

@@ -1,4 +1,4 @@
-"""The checkpoint-selection study (benchmarks/selection.py) on a real tiny run that kept its states."""
+"""The checkpoint-selection study (studies/selection/selection.py) on a real tiny run that kept its states."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ CLASSES = ["NORMAL", "PNEUMONIA"]
 
 @pytest.fixture(scope="module")
 def selection():
-    return load_script(ROOT / "benchmarks" / "selection.py", "selection_study")
+    return load_script(ROOT / "studies" / "selection" / "selection.py", "selection_study")
 
 
 def test_chosen_and_last_weights_are_scored_on_the_test_split(selection, tiny_data, cache_dir, tmp_path):

@@ -7,11 +7,11 @@ validation loss for the study's runs), `state.pt` holds the last epoch's weights
 when the recipe keeps one). Both are scored on the run's test split through pneumo's own
 decode and inference path, in the run's autocast:
 
-    python benchmarks/selection.py runs/recipes/tuned-final runs/recipes/sb-r18d-screen ...
+    python studies/selection/selection.py runs/recipes/tuned-final runs/recipes/sb-r18d-screen ...
 
 Prints a table (per fold: chosen epoch and test ROC-AUC, last epoch and test ROC-AUC; per
 run: the ensemble's ROC-AUC, accuracy, sensitivity and specificity at 0.5 either way) and
-writes `--json` / `.md` (default benchmarks/results/selection.*). Nothing is chosen here: it
+writes `--json` / `.md` (default studies/selection/results.*). Nothing is chosen here: it
 measures how much the choice of epoch moves the test result.
 """
 
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from pneumo.data.images import Preprocess, decode  # noqa: E402
@@ -111,7 +111,12 @@ def markdown(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", type=Path, help="run directories trained with --keep-state")
-    p.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "selection.json")
+    p.add_argument(
+        "--json",
+        type=Path,
+        default=Path(__file__).with_name("results.json"),
+        help="where the rows go, and the table beside it as .md (default: this study's results.json)",
+    )
     p.add_argument("--threads", type=int, default=1, help="CPU threads")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -170,7 +170,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def load_script(path: Path, name: str) -> ModuleType:
-    """A script (train.py, benchmarks/NAME.py) imported as a module, to call its functions in this process."""
+    """A script (train.py, a benchmark, a study's harness) imported as a module, to call its functions."""
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -36,9 +36,9 @@ def test_defaults_are_the_recipe_the_study_chose():
 
 
 def test_the_study_recipe_file_is_exactly_the_defaults():
-    """benchmarks/recipes/ts-96.yaml on top of the study's reference recipe gives train.py's defaults."""
+    """studies/recipe/recipes/ts-96.yaml on top of the study's reference recipe gives train.py's defaults."""
     reference = yaml.safe_load((CONFIGS / "reference.yaml").read_text())
-    study = {**reference, **yaml.safe_load((ROOT / "benchmarks" / "recipes" / "ts-96.yaml").read_text())}
+    study = {**reference, **yaml.safe_load((ROOT / "studies" / "recipe" / "recipes" / "ts-96.yaml").read_text())}
     defaults = vars(parse_args([]))
     assert {k: defaults[k] for k in study} == study
 

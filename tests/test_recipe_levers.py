@@ -167,7 +167,10 @@ def test_with_ema_the_checkpoint_holds_the_averaged_weights_not_the_last_ones(em
     assert not torch.equal(state["ema"][key], state["model"][key])
 
 
-@pytest.mark.parametrize("recipe", sorted((Path(__file__).parent.parent / "benchmarks" / "recipes").glob("*.yaml")))
+STUDY_RECIPES = Path(__file__).parent.parent / "studies" / "recipe" / "recipes"
+
+
+@pytest.mark.parametrize("recipe", sorted(STUDY_RECIPES.glob("*.yaml")))
 def test_every_study_recipe_is_a_valid_train_config(recipe):
     from pneumo.config import validate
 

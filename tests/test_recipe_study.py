@@ -1,4 +1,4 @@
-"""The recipe study harness (benchmarks/recipe.py): its table from a finished run, and resuming a study."""
+"""The recipe study harness (studies/recipe/recipe.py): its table from a finished run, and resuming a study."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ CLASSES = ["NORMAL", "PNEUMONIA"]
 
 @pytest.fixture(scope="module")
 def recipe():
-    return load_script(ROOT / "benchmarks" / "recipe.py", "recipe_study")
+    return load_script(ROOT / "studies" / "recipe" / "recipe.py", "recipe_study")
 
 
 def probs(p_pneumonia: list[float]) -> np.ndarray:
@@ -93,14 +93,14 @@ def test_a_study_resumes_from_finished_runs_and_keeps_rows_of_other_precisions(t
     finished_run(runs / "strong-screen")  # finished: read back, not trained again
     results.mkdir()
     earlier = {"variant": "strong", "stage": "screen", "precision": "bf16", "description": "an earlier bf16 row"}
-    (results / "recipe-study.json").write_text(
+    (results / "results.json").write_text(
         json.dumps([{**recipe.row("strong", "screen", runs / "strong-screen"), **earlier}])
     )
     argv = ["--data-dir", str(tmp_path / "none"), "--variants", "strong", "--runs-dir", str(runs)]
     assert recipe.main([*argv, "--results-dir", str(results)]) == 0
-    rows = json.loads((results / "recipe-study.json").read_text())
+    rows = json.loads((results / "results.json").read_text())
     assert sorted(r["precision"] for r in rows) == ["bf16", "no"]
-    table = (results / "recipe-study.md").read_text()
+    table = (results / "results.md").read_text()
     assert "| strong | screen | 2 | no | 0.857 | 0.917 | **0.750** |" in table
     assert "| strong | screen | 2 | bf16 |" in table
     first_line = (recipe.RECIPES / "strong.yaml").read_text().splitlines()[0].removeprefix("# ")

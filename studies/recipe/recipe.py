@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Recipe study: train named recipe variants on real data and tabulate how each generalises.
 
-Each variant is a train.py config file, `benchmarks/recipes/NAME.yaml` (its first comment
+Each variant is a train.py config file, `studies/recipe/recipes/NAME.yaml` (its first comment
 line is the variant's description), read on top of `configs/reference.yaml` — the recipe
 before the study (the reference reports' recipe at 64 px, 10 epochs) — so a variant names only
 what it changes, whatever train.py's defaults are. The study's first rows ran in bf16, later ones
@@ -11,15 +11,15 @@ A stage trains every variant the same way:
     screen   folds 0 and 1 of the 5-fold split (2 processes: one fold each), for ablations
     final    all 5 folds, for finalists
 
-    python benchmarks/recipe.py --data-dir ../shared/data/chest_xray --stage screen
-    python benchmarks/recipe.py --data-dir ../shared/data/chest_xray --stage final --variants baseline tuned
+    python studies/recipe/recipe.py --data-dir ../shared/data/chest_xray --stage screen
+    python studies/recipe/recipe.py --data-dir ../shared/data/chest_xray --stage final --variants baseline tuned
 
 Runs go to `runs/recipes/NAME-STAGE/` (a half-done study resumes: finished runs are read back,
 unfinished ones resume through train.py's own resume). The table — out-of-fold accuracy and
 AUC, dev-test ensemble accuracy/AUC/sensitivity/specificity at 0.5 and at the threshold
 chosen on the out-of-fold predictions (Youden), single-fold test AUCs, wall time — is
-written to `benchmarks/results/recipe-study.{md,json}` with every variant ever run, and
-printed. The test split is only read, never used to choose anything in a run.
+written to `studies/recipe/results.{md,json}` with every variant ever run, and printed
+(this study's README tells what it found). The test split is only read, never used to choose anything in a run.
 """
 
 from __future__ import annotations
@@ -37,13 +37,13 @@ import numpy as np
 import yaml
 from sklearn.metrics import roc_auc_score, roc_curve
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from pneumo.utils.fsutil import atomic_write_json, atomic_write_text  # noqa: E402
 
-RECIPES = ROOT / "benchmarks" / "recipes"
-RESULTS = ROOT / "benchmarks" / "results"
+STUDY = Path(__file__).resolve().parent
+RECIPES = STUDY / "recipes"
 SCREEN_FOLDS = [0, 1]
 STAGES = {"screen": ["--train-folds", *map(str, SCREEN_FOLDS)], "final": []}
 # What every variant starts from unless its YAML says otherwise: the recipe before the study
@@ -201,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         default="bf16",
         help="autocast of every variant (the study's table: bf16; 'no' on a CPU without AVX-512 BF16)",
     )
-    p.add_argument("--results-dir", default=str(RESULTS), help="where recipe-study.{md,json} go")
+    p.add_argument(
+        "--results-dir", default=str(STUDY), help="where results.{md,json} go (default: this study's folder)"
+    )
     p.add_argument("--table-only", action="store_true", help="tabulate finished runs, train nothing")
     args = p.parse_args(argv)
     names = args.variants or sorted(f.stem for f in RECIPES.glob("*.yaml"))
@@ -212,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     runs.mkdir(parents=True, exist_ok=True)
     results = ROOT / args.results_dir
     results.mkdir(parents=True, exist_ok=True)
-    study = results / "recipe-study.json"
+    study = results / "results.json"
     for name in names:
         out = runs / f"{name}-{args.stage}"
         final = runs / f"{name}-final"
@@ -232,8 +234,8 @@ def main(argv: list[str] | None = None) -> int:
             table[key(new)] = new
             rows = sorted(table.values(), key=lambda r: (r["stage"] != "final", r["variant"]))
             atomic_write_json(study, rows)
-            atomic_write_text(results / "recipe-study.md", markdown(rows))
-    print((results / "recipe-study.md").read_text() if study.exists() else "no finished runs yet")
+            atomic_write_text(results / "results.md", markdown(rows))
+    print((results / "results.md").read_text() if study.exists() else "no finished runs yet")
     return 0
 
 

@@ -20,9 +20,9 @@ from pneumo.data.folds import patient_key
 from pneumo.data.splits import Splits
 from pneumo.utils.errors import PneumoError
 
-HASH_SIZE = 16  # 16 x 16 frequencies: 256 bits; 8 (64 bits) cannot tell chest X-rays apart (README)
+HASH_SIZE = 16  # 16 x 16 frequencies: 256 bits; 8 (64 bits) cannot tell chest X-rays apart (studies/overlap)
 HASH_BITS = HASH_SIZE * HASH_SIZE
-# Measured on the real set at 128 px (benchmarks/overlap.py): re-encoded and resized copies
+# Measured on the real set at 128 px (studies/overlap/): re-encoded and resized copies
 # of its X-rays land at distance <= 16, while no two distinct images of its 5,528 (15
 # million pairs) come closer than 40. 24 sits in that gap, nearer the copies.
 NEAR_DISTANCE = 24

@@ -1,6 +1,6 @@
 """The near-duplicate threshold, measured: how far copies of real X-rays land, and how close distinct ones come.
 
-    .venv/bin/python benchmarks/overlap.py --data-dir ../shared/data/chest_xray --image-size 128   # ~1 min
+    .venv/bin/python studies/overlap/overlap.py --data-dir ../shared/data/chest_xray --image-size 128   # ~1 min
 
 Through pneumo's own path (scan, decode cache, build_splits, overlap.phash / check_overlap):
 
@@ -14,7 +14,8 @@ Through pneumo's own path (scan, decode cache, build_splits, overlap.phash / che
 - overlap   the pool/evaluation counts check_overlap finds (byte-identical, near, same patient id).
 
 Both 64-bit (hash_size 8, the common pHash) and 256-bit (pneumo's) hashes are measured.
-Results are printed and written to `--json` (default benchmarks/results/overlap-real.json).
+Results are printed and written to `--json` (default studies/overlap/results.json); this study's
+README tells what they mean for pneumo's threshold.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pneumo.data.cache import decode_dataset, default_cache_dir
 from pneumo.data.dataset import scan
@@ -82,7 +83,7 @@ def main() -> None:
     p.add_argument("--data-dir", default="../shared/data/chest_xray")
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--copies", type=int, default=60, help="images whose files are re-saved as copies")
-    p.add_argument("--json", default="benchmarks/results/overlap-real.json")
+    p.add_argument("--json", default=str(Path(__file__).with_name("results.json")), help="where the results go")
     args = p.parse_args()
     layout = scan(args.data_dir)
     files = list(layout.all_files().files)

@@ -315,4 +315,3 @@ def score_distributions_figure(
             ax.set_ylim(top=ax.get_ylim()[1] * 1.25)  # headroom: the legend sits above the bars
             ax.legend(loc="upper center")
     return fig
-

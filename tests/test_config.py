@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pneumo.config import defaults_yaml, parse_args, result_keys_diff
+from pneumo.config import build_parser, defaults_yaml, parse_args, result_keys_diff
 from pneumo.utils.errors import PneumoError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,6 +66,26 @@ def test_training_from_the_defaults_file_is_training_with_no_flags():
 def test_the_defaults_file_is_what_dump_defaults_writes():
     # Regenerate with: python -m pneumo.config --dump-defaults > configs/defaults.yaml
     assert (CONFIGS / "defaults.yaml").read_text() == defaults_yaml()
+
+
+def _readme_defaults_table() -> dict[str, object]:
+    """The README's defaults table: `| `--flag` | `default` | ... |` rows between its markers."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("<!-- defaults -->")[1].split("<!-- /defaults -->")[0]
+    rows = [line.strip().strip("|").split("|") for line in table.strip().splitlines()[2:]]
+    return {cells[0].strip().strip("`"): yaml.safe_load(cells[1].strip().strip("`")) for cells in rows}
+
+
+def test_the_readme_defaults_table_states_the_parsers_defaults():
+    parser = build_parser()
+    defaults = {flag: action.default for action in parser._actions for flag in action.option_strings}
+    table = _readme_defaults_table()
+    main = {"--model", "--image-size", "--epochs", "--batch-size", "--folds", "--select", "--balance"}
+    main |= {"--threshold-policy", "--mixed-precision", "--fold-plan", "--seed"}
+    assert main <= table.keys()
+    for flag, stated in table.items():
+        assert flag in defaults, f"README defaults table: {flag} is not a train.py flag"
+        assert stated == defaults[flag], f"README says {flag} defaults to {stated!r}; the parser: {defaults[flag]!r}"
 
 
 def test_yaml_config_supplies_values_and_flags_win(tmp_path):

@@ -162,8 +162,8 @@ def test_a_fold_on_a_group_takes_the_same_steps_as_the_fold_alone(tmp_path: Path
     assert any(not torch.equal(w, _model().state_dict()[n]) for n, w in alone.items())  # it did train
 
 
-def test_the_readme_table_of_fold_plans_is_what_the_planner_makes():
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+def test_the_docs_table_of_fold_plans_is_what_the_planner_makes():
+    readme = (Path(__file__).resolve().parent.parent / "docs" / "scale.md").read_text()
     table = readme.split("<!-- fold-plans -->")[1].split("<!-- /fold-plans -->")[0]
     rows = [line.split(" | ") for line in table.strip().splitlines()[2:]]
     assert [int(r[0].strip("| ")) for r in rows] == [1, 2, 4, 5, 8, 10]

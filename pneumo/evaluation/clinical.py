@@ -19,7 +19,7 @@ from rich.table import Table
 from pneumo.data.cache import DecodedImages
 from pneumo.data.predictions import read_predictions
 from pneumo.evaluation.ensemble import mean_probs
-from pneumo.evaluation.results import gather_split
+from pneumo.evaluation.results import gather_split, number
 from pneumo.metrics.bootstrap import RESAMPLES, bootstrap_metrics, patient_clusters
 from pneumo.metrics.calibration import METHODS, balance_prior, calibrate, reliability_diagram
 from pneumo.metrics.shift import score_shift
@@ -42,7 +42,7 @@ class SplitPredictions:
     folds: list[int]
 
 
-def _oof(
+def oof_predictions(
     run_dir: Path, folds: Sequence[int], classes: Sequence[str]
 ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     tables = [read_predictions(fold_dir(run_dir, k) / VAL_PREDICTIONS, classes) for k in folds]
@@ -106,7 +106,7 @@ def clinical_section(
     With `out_dir`, reliability diagrams go to out_dir/calibration/ and, given `models` and
     `decoded`, Grad-CAM figures to out_dir/saliency/.
     """
-    oof_files, oof_labels, oof_probs, oof_folds = _oof(run_dir, folds, classes)
+    oof_files, oof_labels, oof_probs, oof_folds = oof_predictions(run_dir, folds, classes)
     oof_pos, oof_scores = oof_labels == positive, oof_probs[:, positive]
     op = {k: v for k, v in decision.items() if k != "alternatives"}
     thresholds = {"at_0.5": 0.5, "at_threshold": op["threshold"]}
@@ -284,7 +284,7 @@ def clinical_tables(section: dict) -> list[Table]:
             for key in ("accuracy", "sensitivity", "specificity"):
                 alt.add_column(f"{name} {key}", justify="right")
         for policy, row in section["alternatives"].items():
-            cells = [_rate(row[name][key]) for name in sources for key in ("accuracy", "sensitivity", "specificity")]
+            cells = [number(row[name][key]) for name in sources for key in ("accuracy", "sensitivity", "specificity")]
             alt.add_row(policy, f"{row['threshold']:.3f}", *cells)
         tables.append(alt)
     cal = section["calibration"]
@@ -304,7 +304,3 @@ def clinical_tables(section: dict) -> list[Table]:
             cells += [f"{m['ece']:.3f}", f"{m['brier']:.3f}", str(m["positive_at_0.5"])] if m else ["n/a"] * 3
         calib.add_row(kind, *cells)
     return [*tables, calib]
-
-
-def _rate(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"

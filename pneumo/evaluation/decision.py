@@ -32,11 +32,8 @@ def decide(oof_labels: np.ndarray, oof_scores: np.ndarray, positive: int, policy
     chosen = parse_policy(policy or DEFAULT_POLICY)
     decision: dict[str, Any] = {**choose(chosen), "train_prior": train_prior}
     both = bool(is_positive.any() and not is_positive.all())  # data-driven policies need both classes
-    decision["alternatives"] = {
-        name: choose(parse_policy(name))
-        for name in ALTERNATIVES
-        if parse_policy(name) != chosen and (both or name == "fixed:0.5")
-    }
+    others = [parse_policy(name) for name in ALTERNATIVES]
+    decision["alternatives"] = {str(p): choose(p) for p in others if p != chosen and (both or p.name == "fixed")}
     return decision
 
 

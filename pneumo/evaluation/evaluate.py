@@ -15,7 +15,7 @@ from pneumo.data.cache import decode_file
 from pneumo.data.dataset import expand_image_paths, scan_split
 from pneumo.data.images import Preprocess
 from pneumo.data.loader import PixelDataset, eval_batches, make_loader
-from pneumo.data.predictions import read_predictions, write_predictions
+from pneumo.data.predictions import write_predictions
 from pneumo.data.prepare import decode_images, unusable_images
 from pneumo.evaluation.adapt import (
     METHODS,
@@ -28,7 +28,13 @@ from pneumo.evaluation.adapt import (
     shift_line,
     site_images,
 )
-from pneumo.evaluation.clinical import SplitPredictions, clinical_section, clinical_tables, warn_shift
+from pneumo.evaluation.clinical import (
+    SplitPredictions,
+    clinical_section,
+    clinical_tables,
+    oof_predictions,
+    warn_shift,
+)
 from pneumo.evaluation.decision import run_decision
 from pneumo.evaluation.ensemble import mean_probs
 from pneumo.evaluation.results import SPREAD, evaluate_split, metrics_table, write_split_predictions
@@ -46,7 +52,6 @@ from pneumo.utils.run_files import (
     FOLDS,
     RESULT,
     SUMMARY,
-    VAL_PREDICTIONS,
     fold_dir,
     folds_to_train,
     read_config,
@@ -253,12 +258,12 @@ def _shift(
     run_dir: Path, folds: list[int], classes: list[str], positive: int, config: dict, split: str, per_fold: np.ndarray
 ) -> dict:
     """The score-shift test of the split's ensemble scores against out-of-fold, as the clinical section runs it."""
-    tables = [read_predictions(fold_dir(run_dir, k) / VAL_PREDICTIONS, classes) for k in folds]
-    oof_scores = np.concatenate([t.probs[:, positive] for t in tables])
-    oof_positive = np.concatenate([t.labels for t in tables]) == positive
+    _, oof_labels, oof_probs, _ = oof_predictions(run_dir, folds, classes)
     seed = int(config.get("seed", 0))
     scores = mean_probs(per_fold)[:, positive]
-    return score_shift(oof_scores, oof_positive, scores, seed=seed, positive_name=classes[positive], name=split)
+    return score_shift(
+        oof_probs[:, positive], oof_labels == positive, scores, seed=seed, positive_name=classes[positive], name=split
+    )
 
 
 def split_tables(name: str, section: dict) -> list[Table]:

@@ -136,7 +136,8 @@ NAMES = ("acc", "AUC", "sens", "spec")
 SPREAD = "mean ± SD (ddof=1)"  # the row of mean_std summaries: sample standard deviation across folds
 
 
-def _number(value: float | None) -> str:
+def number(value: float | None) -> str:
+    """A metric to 3 decimals, 'n/a' where undefined."""
     return "n/a" if value is None else f"{value:.3f}"
 
 
@@ -146,8 +147,8 @@ def _cell(metrics: dict | None, key: str) -> str:
         return ""
     value = metrics.get(key)
     if isinstance(value, dict):
-        return "n/a" if value["mean"] is None else f"{value['mean']:.3f} ± {_number(value['std'])}"
-    return _number(value)
+        return "n/a" if value["mean"] is None else f"{value['mean']:.3f} ± {number(value['std'])}"
+    return number(value)
 
 
 def metrics_table(title: str, sections: list[str], rows: list[tuple[str, list[dict | None]]]) -> Table:

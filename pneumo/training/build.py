@@ -3,12 +3,13 @@ optimiser, per-step schedule, grad scaler, loss, augmentation and mixing, and th
 
 from __future__ import annotations
 
+import inspect
 import math
 from argparse import Namespace
 
 import numpy as np
 import torch
-from timm.optim import create_optimizer_v2
+from timm.optim import create_optimizer_v2, get_optimizer_class
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler
@@ -54,7 +55,13 @@ def build_trainable(
     scale = cfg.backbone_lr_scale
     groups = None if scale == 1 else (lambda m: lr_groups(m, cfg.lr, scale))
     optimizer = create_optimizer_v2(
-        model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, filter_bias_and_bn=False, param_group_fn=groups
+        model,
+        opt=cfg.opt,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        filter_bias_and_bn=False,
+        param_group_fn=groups,
+        **fused_kwargs(cfg.opt),
     )
     scaler = torch.amp.GradScaler(device.type, enabled=mixed_precision == "fp16")
     weight = None
@@ -78,6 +85,15 @@ def build_trainable(
         ema,
         plain_eval=group.size > 1,
     )
+
+
+def fused_kwargs(opt: str) -> dict[str, bool]:
+    """`fused=True` where the optimizer class has a fused kernel (torch's Adam, AdamW, SGD: on
+    CPU too since torch 2.4): one kernel over all parameters instead of one op per tensor,
+    about 7x faster for a resnet18's AdamW step on one CPU core; other optimizers as timm
+    builds them."""
+    cls = get_optimizer_class(opt, bind_defaults=False)
+    return {"fused": True} if "fused" in inspect.signature(cls).parameters else {}
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Namespace, n_steps: int) -> LRScheduler:

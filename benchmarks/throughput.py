@@ -30,7 +30,7 @@ and over time that a shared machine shows.
             the ratio compares total images per second (with --device cuda, process k uses
             GPU k mod the GPU count).
 
-Torch threads come from pneumo.training.distributed.set_threads(0), as in train.py; autocast is
+Torch threads come from pneumo.utils.processes.set_threads(0), as in train.py; autocast is
 torch.autocast(device, bf16) for every pipeline alike. Peak memory is this process's RSS plus
 the private memory (USS) of its DataLoader or decode workers, sampled with psutil (without
 psutil: getrusage's peaks of the process and its largest child); the 2-process row adds
@@ -75,9 +75,9 @@ from pneumo.data.loader import PixelDataset, eval_batches, make_loader, train_ba
 from pneumo.evaluation.ensemble import mean_probs  # noqa: E402
 from pneumo.models.factory import create_model  # noqa: E402
 from pneumo.models.inference import predict  # noqa: E402
-from pneumo.training.distributed import available_cpus, set_threads  # noqa: E402
 from pneumo.training.engine import EpochTotals, Trainable, train_one_epoch  # noqa: E402
 from pneumo.training.trainer import build_trainable  # noqa: E402
+from pneumo.utils.processes import available_cpus, set_threads  # noqa: E402
 
 SAMPLE_IMAGES = ROOT.parent / "shared" / "data" / "chest_xray_fullres_sample"
 ENSEMBLE_MODELS = 5

@@ -1,4 +1,4 @@
-"""The data audit as a command: `python -m pneumo.audit PATH/chest_xray [--image-size 224] [--out audit.json]`.
+"""`pneumo-audit` / `python -m pneumo.audit_cli PATH/chest_xray [--image-size 224] [--out audit.json]`.
 
 Decodes the data set through the cache and prints, per statistic, its distribution per split and
 class, its label AUC in the pool and its shift AUC per evaluation split (pneumo.data.audit).
@@ -14,10 +14,10 @@ from pneumo.data.audit import audit, audit_table, pool_and_evals
 from pneumo.data.cache import default_cache_dir
 from pneumo.data.dataset import scan
 from pneumo.data.prepare import decode_images
-from pneumo.training.distributed import available_cpus
 from pneumo.utils import console
 from pneumo.utils.errors import PneumoError
 from pneumo.utils.fsutil import atomic_write_json
+from pneumo.utils.processes import available_cpus
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,9 +25,9 @@ from pneumo.flags import ArgumentParser, integer, threshold_policy
 from pneumo.metrics.bootstrap import RESAMPLES
 from pneumo.models.inference import TTA_VIEWS
 from pneumo.report.site import run_pixels, write_report
-from pneumo.training.distributed import available_cpus
 from pneumo.utils import console
 from pneumo.utils.errors import PneumoError
+from pneumo.utils.processes import available_cpus
 from pneumo.utils.run_files import read_config
 
 

@@ -25,20 +25,14 @@ from pneumo.evaluation.clinical import add_clinical, clinical_tables
 from pneumo.evaluation.results import build_results, read_fold_results, summary_table
 from pneumo.report.site import pixels_from, write_report
 from pneumo.training.claims import FoldClaims, describe, identity
-from pneumo.training.distributed import (
-    available_cpus,
-    group_backend,
-    make_accelerator,
-    set_threads,
-    wait_for,
-    wait_for_everyone,
-)
+from pneumo.training.distributed import group_backend, wait_for, wait_for_everyone
 from pneumo.training.group import make_groups
 from pneumo.training.plan import FoldPlan, make_plan
 from pneumo.training.trainer import FoldEnv, train_fold
 from pneumo.utils import console
 from pneumo.utils.errors import NonFiniteLossError, PneumoError
 from pneumo.utils.fsutil import atomic_write_json, atomic_write_text, check_writable, read_json
+from pneumo.utils.processes import available_cpus, make_accelerator, set_threads
 from pneumo.utils.run_files import (
     AUDIT,
     CONFIG,

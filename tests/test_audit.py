@@ -88,7 +88,16 @@ def test_train_audit_writes_the_audit_and_trains_nothing(tiny_data, cache_dir, t
 
 
 def test_the_audit_module_runs_as_a_command(tiny_data, cache_dir, tmp_path):
-    cmd = [sys.executable, "-m", "pneumo.audit", str(tiny_data), "--image-size", "32", "--cache-dir", str(cache_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pneumo.audit_cli",
+        str(tiny_data),
+        "--image-size",
+        "32",
+        "--cache-dir",
+        str(cache_dir),
+    ]
     proc = subprocess.run([*cmd, "--out", str(tmp_path / "a.json")], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "a.json").read_text())["classes"] == ["NORMAL", "PNEUMONIA"]

@@ -11,7 +11,7 @@ from conftest import ROOT, cli_env, launch_command
 
 PROBE = (
     "import json, os\n"
-    "from pneumo.training.distributed import cpu_share, single_process_cpu_launch\n"
+    "from pneumo.utils.processes import cpu_share, single_process_cpu_launch\n"
     "print('PROBE', json.dumps({'rank': os.environ.get('RANK'), 'single': single_process_cpu_launch(),"
     " 'share': cpu_share()}), flush=True)\n"
 )
@@ -48,7 +48,7 @@ def test_plain_python_is_not_mistaken_for_the_cpu_launcher(tmp_path):
 
 WARN_PROBE = (
     "import sys\n"
-    "import pneumo.training.distributed as d\n"
+    "import pneumo.utils.processes as d\n"
     "d.cpu_has_native_bf16 = lambda: sys.argv[1] == 'native'\n"
     "d.make_accelerator(sys.argv[2])\n"
 )
@@ -78,7 +78,7 @@ def test_bf16_on_a_native_cpu_and_float32_anywhere_are_not_warned_about(tmp_path
 def test_more_processes_than_gpus_on_a_node_count_as_sharing_gpus(monkeypatch):
     import torch
 
-    from pneumo.training.distributed import gpus_shared
+    from pneumo.utils.processes import gpus_shared
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

@@ -50,7 +50,7 @@ def _imports(module: str) -> set[str]:
 def test_every_module_lives_in_a_stage_or_is_a_command_or_the_job():
     top = {m for m in _modules() if _stage(m) == TOP and m.removeprefix("pneumo.") not in ("pneumo", *STAGES)}
     assert top == {
-        "pneumo.audit",
+        "pneumo.audit_cli",
         "pneumo.config",
         "pneumo.evaluate_cli",
         "pneumo.flags",

@@ -39,7 +39,7 @@ PINNED_ONLY = {"torchvision"}
 SCRIPTS = {
     "pneumo-train": "pneumo.train_cli:main",
     "pneumo-evaluate": "pneumo.evaluate_cli:main",
-    "pneumo-audit": "pneumo.audit:main",
+    "pneumo-audit": "pneumo.audit_cli:main",
 }
 
 

@@ -14,7 +14,7 @@ each image shrunk to 32x32 and standardised (its own brightness and contrast rem
 tell each evaluation split from the pool within a class (cross-validated ROC-AUC). Framing,
 positioning and exposure differences show up here when no single statistic moves.
 
-Run as `python -m pneumo.audit DATA_DIR`, by `train.py --audit`, and inside every training run.
+Run as `python -m pneumo.audit_cli DATA_DIR` (`pneumo-audit`), by `train.py --audit`, and inside every training run.
 """
 
 from __future__ import annotations

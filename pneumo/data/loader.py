@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from pneumo.data.cache import DecodedImages
+from pneumo.utils.balance import SAMPLER_POWER
 
 
 class PixelDataset(Dataset):
@@ -42,12 +43,6 @@ def make_loader(dataset: PixelDataset, batches: list[np.ndarray], device: torch.
         # dropout uses, or a fold resumed mid-epoch would see different dropout masks.
         generator=torch.Generator().manual_seed(0),
     )
-
-
-# --balance choices that draw batches with a WeightedRandomSampler, and the power of the class
-# count each sample's weight is divided by: 1 draws every class equally often; 0.5 (square-root
-# sampling, Mahajan et al. 2018) draws a class in proportion to the square root of its count.
-SAMPLER_POWER = {"sampler": 1.0, "sqrt": 0.5}
 
 
 def sample_weights(labels: np.ndarray, n_classes: int, power: float = 1.0) -> torch.Tensor:

@@ -42,10 +42,10 @@ from pneumo.metrics.classification import report_text
 from pneumo.metrics.shift import score_shift
 from pneumo.models.fold_model import FoldModel, load_fold_model
 from pneumo.models.inference import Autocast, predict
-from pneumo.training.distributed import available_cpus, make_accelerator, set_threads
 from pneumo.utils import console
 from pneumo.utils.errors import PneumoError
 from pneumo.utils.fsutil import atomic_write_json, atomic_write_text, read_json
+from pneumo.utils.processes import available_cpus, make_accelerator, set_threads
 from pneumo.utils.run_files import (
     BEST,
     CONFIG,

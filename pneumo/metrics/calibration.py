@@ -22,7 +22,7 @@ from scipy.special import expit, logit
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss
 
-from pneumo.data.loader import SAMPLER_POWER
+from pneumo.utils.balance import CLASS_POWER
 
 ECE_BINS = 15
 METHODS = ("temperature", "platt", "prior_shift")
@@ -48,12 +48,10 @@ def balance_prior(balance: str, pool_prevalence: float) -> float:
     """The positive-class prevalence a model is effectively trained at under `--balance`.
 
     A sampler weighting each image by (count of its class) ** -power draws a class in
-    proportion to count ** (1 - power) (pneumo.data.loader.SAMPLER_POWER): 50/50 for the
-    balanced sampler. The class-weighted loss (weights inversely proportional to class counts)
-    has the same minimiser as a 50/50 sample (power 1); `none` keeps the pool's prevalence
-    (power 0).
+    proportion to count ** (1 - power) (pneumo.utils.balance.CLASS_POWER): 50/50 for the
+    balanced sampler and the class-weighted loss, the pool's prevalence for `none`.
     """
-    keep = 1.0 - {"loss": 1.0, "none": 0.0, **SAMPLER_POWER}[balance]
+    keep = 1.0 - CLASS_POWER[balance]
     positive, negative = pool_prevalence**keep, (1.0 - pool_prevalence) ** keep
     return float(positive / (positive + negative))
 

@@ -24,6 +24,7 @@ from pneumo.evaluation.evaluate import evaluate_run, predict_images, split_table
 from pneumo.flags import ArgumentParser, integer, threshold_policy
 from pneumo.metrics.bootstrap import RESAMPLES
 from pneumo.models.inference import TTA_VIEWS
+from pneumo.report.model_card import write_model_card
 from pneumo.report.site import run_pixels, write_report
 from pneumo.utils import console
 from pneumo.utils.errors import PneumoError
@@ -193,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             section = evaluate_run(run_dir, args)
             for table in split_tables(run_dir.name, section):
                 console.console.print(table)
+            console.log(f"model card: {write_model_card(run_dir)}")
     except PneumoError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

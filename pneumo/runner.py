@@ -23,6 +23,7 @@ from pneumo.data.prepare import decode_images, resolve_data_dir, unusable_images
 from pneumo.data.splits import Splits, build_splits
 from pneumo.evaluation.clinical import add_clinical, clinical_tables
 from pneumo.evaluation.results import build_results, read_fold_results, summary_table
+from pneumo.report.model_card import write_model_card
 from pneumo.report.site import pixels_from, write_report
 from pneumo.training.claims import FoldClaims, describe, identity
 from pneumo.training.distributed import group_backend, wait_for, wait_for_everyone
@@ -219,6 +220,7 @@ def finish_run(run_dir: Path, args: Namespace, folds: list[int], data: RunData, 
     with console.console.capture() as captured:
         console.console.print(table)
     (run_dir / SUMMARY).write_text(captured.get(), encoding="utf-8")
+    console.log(f"model card: {write_model_card(run_dir)}")
     console.log(f"results: {run_dir / 'results.json'}  (wall time {header['wall_seconds']:.0f}s)")
     console.log(json.dumps({"oof_accuracy": results["oof"]["accuracy"], "oof_roc_auc": results["oof"]["roc_auc"]}))
     if args.report:

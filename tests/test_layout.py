@@ -10,7 +10,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "pneumo"
 # Pipeline order; the top-level modules (config, flags, runner, rundir, the CLIs) may use any stage.
-STAGES = ("utils", "data", "models", "metrics", "training", "evaluation", "report")
+STAGES = ("utils", "data", "models", "metrics", "training", "evaluation", "report", "export")
 TOP = "top level"
 
 

@@ -40,7 +40,9 @@ SCRIPTS = {
     "pneumo-train": "pneumo.train_cli:main",
     "pneumo-evaluate": "pneumo.evaluate_cli:main",
     "pneumo-audit": "pneumo.audit_cli:main",
+    "pneumo-export": "pneumo.export.cli:main",
 }
+EXTRAS = {"export": {"onnx", "onnxruntime"}}
 
 
 def _requirements_txt() -> list[str]:
@@ -76,7 +78,16 @@ def _dist_info(wheel: zipfile.ZipFile, name: str) -> bytes:
 
 def test_the_wheel_requires_exactly_requirements_txt(wheel):
     requires = email.message_from_bytes(_dist_info(wheel, "METADATA")).get_all("Requires-Dist")
-    assert _normalised(requires) == _normalised(_requirements_txt())
+    assert _normalised([r for r in requires if "extra ==" not in r]) == _normalised(_requirements_txt())
+
+
+def test_the_wheel_declares_the_extras_and_requirements_dev_installs_them(wheel):
+    metadata = email.message_from_bytes(_dist_info(wheel, "METADATA"))
+    requires = [Requirement(r) for r in metadata.get_all("Requires-Dist")]
+    for extra, names in EXTRAS.items():
+        assert {r.name for r in requires if r.marker and r.marker.evaluate({"extra": extra})} == names
+    dev = (ROOT / "requirements-dev.txt").read_text()
+    assert all(re.search(rf"^{name}\b", dev, re.MULTILINE) for names in EXTRAS.values() for name in names)
 
 
 def test_the_wheel_installs_the_console_scripts(wheel):

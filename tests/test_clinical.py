@@ -10,7 +10,9 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import TINY_COUNTS, run_cli
+from PIL import Image
+from scipy.special import expit, logit
 from sklearn.metrics import roc_curve
 
 from pneumo.config import parse_args, validate
@@ -54,7 +56,17 @@ def test_training_reports_the_operating_point_chosen_on_oof_with_intervals(run_t
         results["ensemble"]["test"]["accuracy"]
     )
     assert set(clinical["alternatives"]) == {"youden", "balanced", "prior"}
-    assert set(clinical["shift"]) == {"test"} and 0 < clinical["shift"]["test"]["p_value"] <= 1
+    # balanced: no cut of the OOF scores brings sensitivity closer to specificity (every cut is a ROC point).
+    balanced = scores >= clinical["alternatives"]["balanced"]["threshold"]
+    gap = abs(balanced[positive].mean() - (~balanced[~positive]).mean())
+    every_fpr, every_tpr, _ = roc_curve(positive, scores, drop_intermediate=False)
+    assert gap == pytest.approx(np.min(np.abs(every_tpr - (1 - every_fpr))), abs=1e-12)
+    # prior: Bayes' rule moves 0.5 to where the odds at the pool's prevalence (oof.csv) equal those at
+    # the prior --balance sqrt trains at, sqrt(p) : sqrt(1 - p).
+    pool = positive.mean()
+    trained = np.sqrt(pool) / (np.sqrt(pool) + np.sqrt(1 - pool))
+    assert clinical["alternatives"]["prior"]["threshold"] == pytest.approx(expit(logit(trained) - logit(pool)))
+    _assert_shift_is_the_ks_distance_to_the_best_oof_mixture(clinical["shift"], oof, out)
     for path in sorted(out.glob("**/*.csv")):  # every table the run wrote calls PNEUMONIA at P >= t
         for r in _table(path):
             assert r["pred"] == ("PNEUMONIA" if float(r["prob_PNEUMONIA"]) >= t else "NORMAL"), path
@@ -65,6 +77,49 @@ def test_training_reports_the_operating_point_chosen_on_oof_with_intervals(run_t
             assert all(_covers(ci) for ci in section[at].values())
 
 
+def _ecdf(sample: np.ndarray, at: np.ndarray) -> np.ndarray:
+    return (np.sort(sample)[None, :] <= at[:, None]).mean(axis=1)
+
+
+def _ks_to_mixture(split: np.ndarray, pos: np.ndarray, neg: np.ndarray, w: float) -> float:
+    """sup |F_split - (w F_pos + (1 - w) F_neg)|, by brute force over every score and the gaps between them."""
+    points = np.unique(np.concatenate([split, pos, neg]))
+    at = np.concatenate([points, (points[1:] + points[:-1]) / 2, [points[0] - 1]])  # values and left limits
+    return float(np.max(np.abs(_ecdf(split, at) - (w * _ecdf(pos, at) + (1 - w) * _ecdf(neg, at)))))
+
+
+def _assert_shift_is_the_ks_distance_to_the_best_oof_mixture(shift: dict, oof: list[dict], out) -> None:
+    assert set(shift) == {"test"}
+    test = shift["test"]
+    scores = np.array([float(r["prob_PNEUMONIA"]) for r in oof])
+    pos = scores[[r["label"] == "PNEUMONIA" for r in oof]]
+    neg = scores[[r["label"] == "NORMAL" for r in oof]]
+    split = np.array([float(r["prob_PNEUMONIA"]) for r in _table(out / "predictions_test.csv")])
+    assert test["images"] == len(split) == sum(TINY_COUNTS["test"])
+    assert test["D"] == pytest.approx(_ks_to_mixture(split, pos, neg, test["mixture_weight"]), abs=1e-6)
+    best = min(_ks_to_mixture(split, pos, neg, w) for w in np.linspace(0, 1, 201))
+    assert test["D"] <= best + 1e-6  # the fitted weight is the best-fitting one
+    assert 0 < test["p_value"] <= 1 and test["shifted"] == (test["p_value"] < test["alpha"])
+
+
+def _ece(positive: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
+    """Expected calibration error by its definition: equal-width bins (right-closed, as sklearn's
+    calibration_curve), each weighted by its share of images."""
+    which = np.clip(np.ceil(probs * bins).astype(int) - 1, 0, bins - 1)
+    return sum(abs(positive[which == b].sum() - probs[which == b].sum()) for b in range(bins)) / len(probs)
+
+
+def _rgb(path) -> np.ndarray:
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        return np.asarray(image.convert("RGB")).astype(int)
+
+
+# matplotlib's default colour cycle: the reliability diagram's four curves, uncalibrated first.
+CURVE_COLOURS = {"uncalibrated": (31, 119, 180), "temperature": (255, 127, 14), "platt": (44, 160, 44)}
+CURVE_COLOURS["prior_shift"] = (214, 39, 40)
+
+
 def test_training_reports_calibration_with_reliability_diagrams_and_summary(run_two):
     out, _ = run_two
     clinical = json.loads((out / "results.json").read_text())["clinical"]
@@ -72,8 +127,32 @@ def test_training_reports_calibration_with_reliability_diagrams_and_summary(run_
     assert set(cal) == {"oof", "test"}
     assert set(cal["test"]) == {"uncalibrated", "temperature", "platt", "prior_shift"}
     assert cal["test"]["temperature"]["positive_at_0.5"] == cal["test"]["uncalibrated"]["positive_at_0.5"]
-    assert (out / "calibration" / "reliability_oof.png").stat().st_size > 0
-    assert (out / "calibration" / "reliability_test.png").stat().st_size > 0
+    rows = _table(out / "predictions_test.csv")
+    positive = np.array([r["label"] == "PNEUMONIA" for r in rows], dtype=float)
+    probs = np.array([float(r["prob_PNEUMONIA"]) for r in rows])
+    raw = cal["test"]["uncalibrated"]
+    assert raw["ece"] == pytest.approx(_ece(positive, probs), abs=1e-9)
+    assert raw["brier"] == pytest.approx(np.mean((probs - positive) ** 2), abs=1e-9)
+    assert raw["positive_at_0.5"] == np.count_nonzero(probs > 0.5)
+    # The fitted maps, applied by hand to the test ensemble, give the numbers reported for them.
+    methods = clinical["calibration"]["methods"]
+    z = logit(probs)
+    platt = methods["platt"]
+    by_hand = {
+        "temperature": expit(z / methods["temperature"]["temperature"]),
+        "platt": expit(platt["slope"] * z + platt["intercept"]),
+        "prior_shift": expit(z + methods["prior_shift"]["log_odds_shift"]),
+    }
+    for name, recalibrated in by_hand.items():
+        assert cal["test"][name]["ece"] == pytest.approx(_ece(positive, recalibrated), abs=1e-6), name
+        assert cal["test"][name]["positive_at_0.5"] == np.count_nonzero(recalibrated > 0.5), name
+    n_normal, n_pneumonia = np.sum([TINY_COUNTS[s] for s in ("train", "val")], axis=0)
+    assert methods["prior_shift"]["pool_prevalence"] == pytest.approx(n_pneumonia / (n_normal + n_pneumonia))
+    for split in ("oof", "test"):
+        pixels = _rgb(out / "calibration" / f"reliability_{split}.png")
+        assert pixels.shape == (650, 650, 3) and pixels.std() > 10, split  # 6.5 in at 100 dpi, not blank
+        for name, colour in CURVE_COLOURS.items():  # a marker of every curve is drawn
+            assert (pixels == colour).all(axis=-1).sum() >= 20, (split, name)
     summary = (out / "summary.txt").read_text()
     assert "The run's decision fixed:0.5" in summary and "ECE" in summary
 
@@ -81,8 +160,23 @@ def test_training_reports_calibration_with_reliability_diagrams_and_summary(run_
 def test_training_draws_grad_cam_figures_of_errors_and_a_sample(run_one):
     out, _ = run_one
     saliency = json.loads((out / "results.json").read_text())["clinical"]["saliency"]["test"]
-    assert len(saliency["sample"]) == 2 and len(saliency["misclassified"]) <= 2
-    assert (out / saliency["sample_figure"]).stat().st_size > 0
+    rows = {r["file"]: r for r in _table(out / "predictions_test.csv")}
+    t = saliency["threshold"]
+    assert len(set(saliency["sample"])) == 2 and set(saliency["sample"]) <= set(rows)
+    # The errors shown are the most confident ones of the test ensemble at the run's threshold.
+    wrong = [f for f, r in rows.items() if (float(r["prob_PNEUMONIA"]) >= t) != (r["label"] == "PNEUMONIA")]
+    wrong.sort(key=lambda f: -abs(float(rows[f]["prob_PNEUMONIA"]) - t))
+    assert saliency["misclassified"] == wrong[:2]
+    for group in (g for g in ("sample", "misclassified") if saliency[g]):
+        pixels = _rgb(out / saliency[f"{group}_figure"])
+        # A row of four 3-inch panels at 80 dpi: one X-ray per file, tinted by its heat map; the rest blank.
+        assert pixels.shape == (288, 960, 3), group
+        for q in range(4):
+            panel = pixels[60:260, q * 240 + 20 : q * 240 + 220]
+            if q < len(saliency[group]):
+                assert panel.std() > 10 and np.mean(panel[..., 2] - panel[..., 0] > 20) > 0.5, (group, q)
+            else:
+                assert panel.min() == 255, (group, q)
 
 
 def test_changing_the_policy_of_a_finished_run_rewrites_every_decision(run_two, cache_dir, tmp_path):

@@ -22,6 +22,7 @@ from pneumo.data.overlap import check_overlap
 from pneumo.data.prepare import decode_images, resolve_data_dir, unusable_images
 from pneumo.data.splits import Splits, build_splits
 from pneumo.evaluation.clinical import add_clinical, clinical_tables
+from pneumo.evaluation.fold import evaluate_fold
 from pneumo.evaluation.results import build_results, read_fold_results, summary_table
 from pneumo.report.model_card import write_model_card
 from pneumo.report.site import pixels_from, write_report
@@ -40,6 +41,7 @@ from pneumo.utils.run_files import (
     OVERLAP,
     PLAN,
     RESULT,
+    RESULTS,
     RUN_INFO,
     SKIPPED,
     STATE,
@@ -153,9 +155,11 @@ def train_planned_folds(
         where = f"process {rank}" if group.size == 1 else f"processes {list(group.ranks)} (data-parallel)"
         console.log(f"fold {fold}: training on {where}")
         try:
-            if train_fold(fold, splits, decoded, env, should_stop) is None:
+            trained = train_fold(fold, splits, decoded, env, should_stop)
+            if trained is None:
                 console.log(f"fold {fold}: stopped; state saved, run the same command again to resume")
                 return False
+            evaluate_fold(trained, splits, decoded, env)
         except NonFiniteLossError as exc:
             out = fold_dir(env.run_dir, fold)
             kept = "its last good epoch's checkpoint is kept" if (out / STATE).exists() else "it had no checkpoint yet"
@@ -221,7 +225,7 @@ def finish_run(run_dir: Path, args: Namespace, folds: list[int], data: RunData, 
         console.console.print(table)
     (run_dir / SUMMARY).write_text(captured.get(), encoding="utf-8")
     console.log(f"model card: {write_model_card(run_dir)}")
-    console.log(f"results: {run_dir / 'results.json'}  (wall time {header['wall_seconds']:.0f}s)")
+    console.log(f"results: {run_dir / RESULTS}  (wall time {header['wall_seconds']:.0f}s)")
     console.log(json.dumps({"oof_accuracy": results["oof"]["accuracy"], "oof_roc_auc": results["oof"]["roc_auc"]}))
     if args.report:
         report(run_dir, pixels_from(data.decoded))

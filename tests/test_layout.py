@@ -47,6 +47,11 @@ def _imports(module: str) -> set[str]:
     return found
 
 
+def test_every_folder_of_the_package_is_a_stage_in_the_pipeline_order():
+    folders = {p.parent.relative_to(PACKAGE).parts[0] for p in PACKAGE.rglob("*.py") if p.parent != PACKAGE}
+    assert folders <= set(STAGES), f"place {sorted(folders - set(STAGES))} in STAGES, after the stages it imports"
+
+
 def test_every_module_lives_in_a_stage_or_is_a_command_or_the_job():
     top = {m for m in _modules() if _stage(m) == TOP and m.removeprefix("pneumo.") not in ("pneumo", *STAGES)}
     assert top == {

@@ -15,7 +15,7 @@ from pneumo.metrics.calibration import balance_prior
 from pneumo.metrics.threshold import DEFAULT_POLICY, Policy, choose_threshold, parse_policy
 from pneumo.utils.errors import PneumoError
 from pneumo.utils.fsutil import read_json
-from pneumo.utils.run_files import RESULTS, VAL_PREDICTIONS, fold_dir
+from pneumo.utils.run_files import RESULTS, VAL_PREDICTIONS, fold_dir, split_predictions
 
 ALTERNATIVES = ("fixed:0.5", "youden", "balanced", "prior")
 
@@ -55,5 +55,5 @@ def apply_to_folds(
     """Rewrite the pred column of each fold's tables (written while training, before the run had
     its decision) at the run's `threshold`."""
     for k in folds:
-        for name in (VAL_PREDICTIONS, *(f"predictions_{s}.csv" for s in splits)):
+        for name in (VAL_PREDICTIONS, *(split_predictions(s) for s in splits)):
             redecide_table(fold_dir(run_dir, k) / name, classes, positive, threshold)

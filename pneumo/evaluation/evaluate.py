@@ -49,8 +49,13 @@ from pneumo.utils.processes import available_cpus, make_accelerator, set_threads
 from pneumo.utils.run_files import (
     BEST,
     CONFIG,
+    EVALUATION,
     FOLDS,
+    IMAGE_PREDICTIONS,
+    PREDICTIONS,
+    REPORT,
     RESULT,
+    RESULTS,
     SUMMARY,
     fold_dir,
     folds_to_train,
@@ -168,7 +173,7 @@ def evaluate_run(run_dir: Path, args: Namespace) -> dict:
         **evaluate_split(files, labels, per_fold, folds, classes, **at),
     }
     name = args.split if tta == trained_tta else f"{args.split}-tta-{tta}"
-    out = run_dir / "evaluation" / (f"{name}-adapted" if site else name)
+    out = run_dir / EVALUATION / (f"{name}-adapted" if site else name)
     section["clinical"] = clinical_section(
         run_dir,
         folds,
@@ -188,11 +193,11 @@ def evaluate_run(run_dir: Path, args: Namespace) -> dict:
         before_shift = _shift(run_dir, folds, classes, positive, config, args.split, before)
         adaptation["shift"] = {"before": before_shift, "after": after}
         console.log(shift_line(args.split, adaptation["shift"]))
-    atomic_write_json(out / "results.json", section)
+    atomic_write_json(out / RESULTS, section)
     atomic_write_text(out / SUMMARY, console.render_text(Group(*split_tables(run_dir.name, section))))
     report = report_text(labels, mean_probs(per_fold), classes, **at)
-    atomic_write_text(out / "classification_report.txt", report)
-    write_split_predictions(out / "predictions.csv", files, labels, per_fold, folds, classes, **at)
+    atomic_write_text(out / REPORT, report)
+    write_split_predictions(out / PREDICTIONS, files, labels, per_fold, folds, classes, **at)
     warn_shift(section["clinical"])
     console.log(f"{args.split}: ensemble of folds {folds} on {len(files)} images -> {out}")
     return section
@@ -329,7 +334,7 @@ def predict_images(run_dir: Path, args: Namespace) -> Path:
     tta = args.tta or models[0].meta.get("tta", "none")
     per_fold = predict([(m.model, m.norm) for m in models], batches, accelerator.device, accelerator.autocast, tta)
     positive = int(models[0].meta["positive"])
-    out = Path(args.out) if args.out else run_dir / "image_predictions.csv"
+    out = Path(args.out) if args.out else run_dir / IMAGE_PREDICTIONS
     extra = {
         f"fold{m.fold}_prob_{classes[positive]}": [repr(float(v)) for v in p[:, positive]]
         for m, p in zip(models, per_fold)

@@ -15,7 +15,7 @@ from pneumo.evaluation.ensemble import mean_probs
 from pneumo.metrics.classification import classification_metrics, mean_std, report_text
 from pneumo.utils.errors import PneumoError
 from pneumo.utils.fsutil import atomic_write_json, atomic_write_text, read_json
-from pneumo.utils.run_files import OOF, REPORT, RESULT, RESULTS, VAL_PREDICTIONS, fold_dir
+from pneumo.utils.run_files import OOF, REPORT, RESULT, RESULTS, VAL_PREDICTIONS, fold_dir, split_predictions
 
 
 def read_fold_results(run_dir: Path, folds: Sequence[int]) -> list[dict]:
@@ -59,7 +59,7 @@ def write_split_predictions(
 
 
 def gather_split(run_dir: Path, folds: Sequence[int], split: str, classes: Sequence[str]):
-    paths = [fold_dir(run_dir, k) / f"predictions_{split}.csv" for k in folds]
+    paths = [fold_dir(run_dir, k) / split_predictions(split) for k in folds]
     tables = [read_predictions(path, classes) for path in paths]
     files = tables[0].files
     for path, t in zip(paths, tables):
@@ -116,7 +116,7 @@ def build_results(
     texts = [f"{oof_title}\n{report_text(oof_labels, oof_probs, classes, positive, t)}"]
     for split in splits:
         files, labels, per_fold = gather_split(run_dir, folds, split, classes)
-        write_split_predictions(run_dir / f"predictions_{split}.csv", files, labels, per_fold, folds, classes, **at)
+        write_split_predictions(run_dir / split_predictions(split), files, labels, per_fold, folds, classes, **at)
         section = evaluate_split(files, labels, per_fold, folds, classes, **at)
         for r in done:
             r["splits"][split] = section["folds"][str(r["fold"])]

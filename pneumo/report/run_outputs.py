@@ -15,7 +15,18 @@ import numpy as np
 
 from pneumo.utils.errors import PneumoError
 from pneumo.utils.fsutil import read_json
-from pneumo.utils.run_files import FOLDS, METRICS_LOG, OOF, RESULTS, RUN_INFO, fold_dir, read_config
+from pneumo.utils.run_files import (
+    EVALUATION,
+    FOLDS,
+    METRICS_LOG,
+    OOF,
+    PREDICTIONS,
+    RESULTS,
+    RUN_INFO,
+    fold_dir,
+    read_config,
+    split_predictions,
+)
 
 
 @dataclass
@@ -139,11 +150,11 @@ def load_run(run_dir: Path) -> RunOutputs:
     fold_results = {r["fold"]: r for r in results["folds"] if r["status"] == "done"}
     for split, metrics in results["ensemble"].items():
         section = {"ensemble": metrics, "folds": {k: r["splits"][split] for k, r in fold_results.items()}}
-        run.scored.append(_split(run_dir / f"predictions_{split}.csv", split, section, classes, positive))
-    for path in sorted((run_dir / "evaluation").glob("*/results.json")):
+        run.scored.append(_split(run_dir / split_predictions(split), split, section, classes, positive))
+    for path in sorted((run_dir / EVALUATION).glob(f"*/{RESULTS}")):
         section = read_json(path)
         if section["split"] in results["ensemble"] and section["data_dir"] == results["data_dir"]:
             continue  # the same images as the run's own split
         name = f"{section['split']} of {section['data_dir']} (evaluate.py)"
-        run.scored.append(_split(path.parent / "predictions.csv", name, section, classes, positive))
+        run.scored.append(_split(path.parent / PREDICTIONS, name, section, classes, positive))
     return run

@@ -31,9 +31,6 @@ class Handler:
     def epoch_end(self, event: EpochEnd) -> None:
         """The epoch is trained and validated; its resume state is saved after the handlers."""
 
-    def fold_end(self, result: dict[str, Any]) -> None:
-        """The fold is done and its result.json written."""
-
     def close(self) -> None:
         """The fold's loop is left, done or not."""
 
@@ -51,10 +48,6 @@ class Handlers(Handler):
     def epoch_end(self, event: EpochEnd) -> None:
         for h in self.handlers:
             h.epoch_end(event)
-
-    def fold_end(self, result: dict[str, Any]) -> None:
-        for h in self.handlers:
-            h.fold_end(result)
 
     def close(self) -> None:
         for h in self.handlers:

@@ -76,10 +76,8 @@ def fold_handlers(
     val_idx: np.ndarray,
     meta: dict[str, Any],
     history: list[dict[str, Any]],
-    mixed_precision: str,
 ) -> Handlers:
     """The handlers of a training fold, in the order they act on each event."""
-    hparams = {**vars(cfg), "mixed_precision": mixed_precision}
     handlers: list[Handler] = [SampleAudit(out, splits.files)] if cfg.audit_samples else []
-    handlers += [BestCheckpoint(out, meta, splits, val_idx), FoldLogger(out, fold, history, hparams)]
+    handlers += [BestCheckpoint(out, meta, splits, val_idx), FoldLogger(out, history)]
     return Handlers([*handlers, EpochLine(cfg.epochs)])

@@ -2,7 +2,8 @@
 
 TensorBoard gets every numeric field of an epoch record as a scalar (losses, accuracy,
 per-class precision/recall/loss, AUC, learning rate, images/s), and at the fold's end its
-hyperparameters with final metrics in the HParams tab, written into the fold's own run.
+hyperparameters with final metrics in the HParams tab (`log_final`, once the fold is evaluated),
+written into the fold's own run.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from pneumo.training.events import EpochEnd, Handler
 from pneumo.utils.fsutil import atomic_write_text
-from pneumo.utils.run_files import METRICS_LOG
+from pneumo.utils.run_files import METRICS_LOG, TENSORBOARD
 
 # Flags shown as hyperparameters in TensorBoard's HParams tab.
 HPARAMS = (
@@ -65,16 +66,15 @@ def final_metrics(result: dict[str, Any]) -> dict[str, float]:
 
 class FoldLogger(Handler):
     """A fold's metrics.jsonl and TensorBoard run: one record per epoch (on resume it starts from
-    the saved history), and at the fold's end its hyperparameters (`config`) with final metrics."""
+    the saved history)."""
 
-    def __init__(self, fold_dir: Path, fold: int, history: list[dict[str, Any]], config: dict[str, Any]) -> None:
+    def __init__(self, fold_dir: Path, history: list[dict[str, Any]]) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.path = fold_dir / METRICS_LOG
-        self.fold, self.config = fold, config
         self.history = list(history)
         # purge_step drops events a killed run logged past its last checkpointed epoch.
-        self.writer = SummaryWriter(str(fold_dir / "tensorboard"), purge_step=len(self.history) + 1)
+        self.writer = SummaryWriter(str(fold_dir / TENSORBOARD), purge_step=len(self.history) + 1)
         self._write_file()
 
     def _write_file(self) -> None:
@@ -82,9 +82,6 @@ class FoldLogger(Handler):
 
     def epoch_end(self, event: EpochEnd) -> None:
         self.log(event.record)
-
-    def fold_end(self, result: dict[str, Any]) -> None:
-        self.log_hparams(fold_hparams(self.config, self.fold), final_metrics(result), step=len(self.history))
 
     def log(self, record: dict[str, Any]) -> None:
         self.history.append(record)
@@ -94,19 +91,23 @@ class FoldLogger(Handler):
             self.writer.add_scalar(name, value, step)
         self.writer.flush()
 
-    def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float], step: int) -> None:
-        """Hyperparameters and final metrics into this fold's own run (HParams tab).
-
-        `SummaryWriter.add_hparams` would open a separate run; the three summaries it makes
-        are written here instead, with the metrics as scalars of this run.
-        """
-        from torch.utils.tensorboard.summary import hparams as hparams_summaries
-
-        for summary in hparams_summaries(hparams, metrics):
-            self.writer.file_writer.add_summary(summary, step)
-        for name, value in metrics.items():
-            self.writer.add_scalar(name, value, step)
-        self.writer.flush()
-
     def close(self) -> None:
         self.writer.close()
+
+
+def log_final(fold_dir: Path, config: dict[str, Any], result: dict[str, Any]) -> None:
+    """A finished fold's hyperparameters (the run's `config`) and final metrics into its own
+    TensorBoard run (HParams tab), at its last epoch.
+
+    `SummaryWriter.add_hparams` would open a separate run; the three summaries it makes are
+    written here instead, with the metrics as scalars of this run.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+    metrics, step = final_metrics(result), int(result["epochs"])
+    with SummaryWriter(str(fold_dir / TENSORBOARD)) as writer:
+        for summary in hparams_summaries(fold_hparams(config, int(result["fold"])), metrics):
+            writer.file_writer.add_summary(summary, step)
+        for name, value in metrics.items():
+            writer.add_scalar(name, value, step)

@@ -21,11 +21,9 @@ import torch
 
 from pneumo.data.cache import DecodedImages, norm_stats
 from pneumo.data.loader import PixelDataset, eval_batches, make_loader, steps_per_epoch, train_batches
-from pneumo.data.predictions import PROVISIONAL_THRESHOLD, read_predictions, write_predictions
 from pneumo.data.splits import Splits
 from pneumo.metrics.classification import class_losses, classification_metrics, epoch_metrics
 from pneumo.models.factory import set_head_only, train_mode
-from pneumo.models.fold_model import load_fold_model
 from pneumo.models.inference import Autocast, predict
 from pneumo.training.build import build_trainable, fold_seeds
 from pneumo.training.engine import EpochTotals, Trainable, train_one_epoch
@@ -35,8 +33,7 @@ from pneumo.training.handlers import fold_handlers
 from pneumo.training.state import Progress, restore_progress, save_progress
 from pneumo.utils import console
 from pneumo.utils.errors import NonFiniteLossError
-from pneumo.utils.fsutil import atomic_write_json
-from pneumo.utils.run_files import BEST, RESULT, STATE, VAL_PREDICTIONS, fold_dir
+from pneumo.utils.run_files import STATE, fold_dir
 
 # What a fold checkpoint's metadata records besides its weights (pneumo.models.fold_model reads it).
 _META_FLAGS = ("model", "dropout", "image_size", "equalize", "jpeg_quality", "crop", "tta")
@@ -71,14 +68,21 @@ class FoldData:
         return cls(splits, train_idx, val_idx, norm_stats(decoded, train_idx), PixelDataset(decoded))
 
 
+@dataclass(frozen=True)
+class TrainedFold:
+    """A fold trained to its last epoch, its best checkpoint on disk (pneumo.evaluation.fold evaluates it)."""
+
+    fold: int
+    best_epoch: int
+    epochs: int
+    started: float  # time.monotonic() when its training (or resume) started
+
+
 def train_fold(
     fold: int, splits: Splits, decoded: DecodedImages, env: FoldEnv, should_stop=lambda: False
-) -> dict | None:
-    """Train `fold` to the end (or until `should_stop()`), then evaluate its best checkpoint.
-
-    Returns the fold's result (also written to foldK/result.json by the group's leader), or None
-    when stopped early with the state saved for a resume.
-    """
+) -> TrainedFold | None:
+    """Train `fold` to the end (or until `should_stop()`); None when stopped early with the state
+    saved for a resume."""
     cfg, out, started, group = env.cfg, fold_dir(env.run_dir, fold), time.monotonic(), env.group
     out.mkdir(parents=True, exist_ok=True)
     data = FoldData.of(fold, splits, decoded)
@@ -99,7 +103,7 @@ def train_fold(
     meta.update(positive=splits.positive, mean=data.norm[0], std=data.norm[1])
     handlers = Handlers([])  # a group's leader writes the fold's files
     if group.is_leader:
-        handlers = fold_handlers(out, fold, cfg, splits, data.val_idx, meta, p.history, env.mixed_precision)
+        handlers = fold_handlers(out, fold, cfg, splits, data.val_idx, meta, p.history)
     try:
         while p.epoch < cfg.epochs:
             epoch_started = time.monotonic()
@@ -108,7 +112,7 @@ def train_fold(
                 save_progress(out / STATE, fold, t, p, aug, env.device, group)
                 return None
             train_seconds = time.monotonic() - epoch_started
-            val_probs = _predict(data, data.val_idx, t.eval_model, env, group=group)
+            val_probs = _predict(data, data.val_idx, t.eval_model, env)
             head_only = p.epoch < cfg.freeze_epochs
             record = _epoch_record(p, t, data, val_probs, head_only, images_per_second, train_seconds)
             record["seconds"] = round(time.monotonic() - epoch_started, 3)
@@ -126,9 +130,7 @@ def train_fold(
             if _group_stops(group, should_stop):
                 return None
         group.barrier()  # the leader's best checkpoint is on disk for every member
-        result = _finish(fold, data, env, p, started)
-        handlers.fold_end(result)
-        return result
+        return TrainedFold(fold, p.best_epoch, len(p.history), started)
     finally:
         handlers.close()
 
@@ -179,15 +181,13 @@ def _train_epoch(
     return bar.rate() if finished else None
 
 
-def _predict(
-    data: FoldData, idx: np.ndarray, model: torch.nn.Module, env: FoldEnv, norm=None, group: FoldGroup | None = None
-) -> np.ndarray:
-    """The probabilities of `model` on the pool or evaluation images `idx`; with a `group`,
-    each member predicts its share and every member gets them all."""
-    mine = group.shard(idx) if group else idx
-    loader = make_loader(data.dataset, eval_batches(mine, env.cfg.batch_size), env.device, env.workers)
-    probs = predict([(model, norm or data.norm)], loader, env.device, env.autocast, env.cfg.tta)[0]
-    return group.gather_rows(probs, len(idx)) if group else probs
+def _predict(data: FoldData, idx: np.ndarray, model: torch.nn.Module, env: FoldEnv) -> np.ndarray:
+    """The probabilities of `model` on the pool images `idx`: each member of the fold's group
+    predicts its share, and every member gets them all."""
+    group = env.group
+    loader = make_loader(data.dataset, eval_batches(group.shard(idx), env.cfg.batch_size), env.device, env.workers)
+    probs = predict([(model, data.norm)], loader, env.device, env.autocast, env.cfg.tta)[0]
+    return group.gather_rows(probs, len(idx))
 
 
 def _group_stops(group: FoldGroup, should_stop) -> bool:
@@ -241,39 +241,3 @@ def selection_score(select: str, record: dict) -> float:
     if select == "last":
         return -float(record["epoch"])
     return record["val"]["loss"]
-
-
-def _finish(fold: int, data: FoldData, env: FoldEnv, p: Progress, started: float) -> dict:
-    """Evaluate the fold's best checkpoint on the evaluation splits (a group's members each predict
-    a share); the leader writes result.json last, then deletes the resume state unless --keep-state."""
-    out, splits, group = fold_dir(env.run_dir, fold), data.splits, env.group
-    best = load_fold_model(out / BEST, env.device)
-    probs = {split: _predict(data, idx, best.model, env, best.norm, group) for split, idx in splits.evals.items()}
-    if not group.is_leader:
-        return {"fold": fold, "status": "trained by the group"}
-    val = read_predictions(out / VAL_PREDICTIONS, splits.classes)
-    result = {
-        "fold": fold,
-        "status": "done",
-        "best_epoch": p.best_epoch,
-        "epochs": len(p.history),
-        "train_size": int(len(splits.pool) - len(data.val_idx)),
-        "val_size": len(data.val_idx),
-        "norm": {"mean": best.mean, "std": best.std},
-        "val": classification_metrics(val.labels, val.probs, splits.classes, splits.positive, val.files),
-        "splits": {},
-    }
-    for split, idx in splits.evals.items():
-        files = [splits.files[i] for i in idx]
-        labels = splits.labels[idx]
-        at = {"positive": splits.positive, "threshold": PROVISIONAL_THRESHOLD}  # until the run's decision
-        write_predictions(out / f"predictions_{split}.csv", files, labels, probs[split], splits.classes, **at)
-        result["splits"][split] = classification_metrics(labels, probs[split], splits.classes, splits.positive, files)
-    result["seconds"] = round(time.monotonic() - started, 1)  # the whole fold, its evaluation included
-    result["finished_at"] = round(time.time(), 3)  # when (epoch seconds): the scaling benchmark's clock
-    result["processes"] = group.size
-    atomic_write_json(out / RESULT, result)
-    if not env.cfg.keep_state:
-        # A done fold is never resumed (its result.json says so): its resume state is dead weight.
-        (out / STATE).unlink(missing_ok=True)
-    return result

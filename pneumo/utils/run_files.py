@@ -25,17 +25,26 @@ REPORT = "classification_report.txt"
 SUMMARY = "summary.txt"
 OOF = "oof.csv"
 PLAN = "plan.json"  # the fold plan of the latest launch into the run
+IMAGE_PREDICTIONS = "image_predictions.csv"  # evaluate.py --images without --out
+EVALUATION = "evaluation"  # evaluate.py's folder of one directory per evaluated split
+PREDICTIONS = "predictions.csv"  # in each evaluation/<split>/
 # In each fold's directory:
 BEST = "best.safetensors"
 STATE = "state.pt"
 RESULT = "result.json"
 VAL_PREDICTIONS = "val_predictions.csv"
 METRICS_LOG = "metrics.jsonl"
+TENSORBOARD = "tensorboard"
 CLAIM = "claim.lock"  # held (flock) by the launch training the fold
 
 
 def fold_dir(run_dir: Path, fold: int) -> Path:
     return run_dir / f"fold{fold}"
+
+
+def split_predictions(split: str) -> str:
+    """The file of a fold's (in its directory) or the ensemble's (in the run's) predictions on `split`."""
+    return f"predictions_{split}.csv"
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:

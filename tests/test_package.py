@@ -42,7 +42,7 @@ SCRIPTS = {
     "pneumo-audit": "pneumo.audit_cli:main",
     "pneumo-export": "pneumo.export.cli:main",
 }
-EXTRAS = {"export": {"onnx", "onnxruntime"}}
+EXTRAS = {"export": {"onnx", "onnxruntime"}, "dicom": {"pydicom"}}
 
 
 def _requirements_txt() -> list[str]:

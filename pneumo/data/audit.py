@@ -29,6 +29,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
+from pneumo.data import dicom
 from pneumo.data.cache import DecodedImages
 from pneumo.data.dataset import Layout
 from pneumo.utils.errors import PneumoError
@@ -66,10 +67,14 @@ def jpeg_quality(luma_table: Sequence[int]) -> float:
 
 
 def file_statistics(path: Path) -> dict[str, float]:
-    """Header facts of one image file (Pillow reads the header, not the pixels)."""
-    with Image.open(path) as img:
-        w, h = img.size
-        tables = getattr(img, "quantization", None) or {}
+    """Header facts of one image file (Pillow or pydicom reads the header, not the pixels)."""
+    tables: dict = {}
+    dims = dicom.image_size(path)
+    if dims is None:
+        with Image.open(path) as img:
+            dims = img.size
+            tables = getattr(img, "quantization", None) or {}
+    w, h = dims
     size = path.stat().st_size
     return {
         "width": float(w),

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
+from pneumo.data import dicom
 from pneumo.data.folds import patient_key
 from pneumo.utils.errors import PneumoError
 
-IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png"})
+IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png"}) | dicom.SUFFIXES
+SUFFIX_TEXT = "/".join(sorted(IMAGE_SUFFIXES))
 SPLITS = ("train", "val", "test")
 POSITIVE_CLASS = "PNEUMONIA"
 
@@ -157,7 +159,7 @@ def _scan_split(
             if any(_is_junk(part) for part in path.relative_to(split_dir).parts):
                 ignored[rel] = "hidden or system file"
             elif path.suffix.lower() not in IMAGE_SUFFIXES:
-                not_images[rel] = f"not an image file (suffix {path.suffix or 'none'!r}; expected .jpeg/.jpg/.png)"
+                not_images[rel] = f"not an image file (suffix {path.suffix or 'none'!r}; expected {SUFFIX_TEXT})"
             else:
                 files.append(rel)
                 labels.append(label)
@@ -198,7 +200,7 @@ def scan(root: str | Path) -> Layout:
     splits = {s: _scan_split(root, s, classes, not_images, ignored) for s in SPLITS if (root / s).is_dir()}
     empty = [c for c, n in zip(classes, splits["train"].class_counts()) if n == 0]
     if empty:
-        raise PneumoError(f"{root / 'train'}: class folder(s) {empty} hold no .jpeg/.jpg/.png images")
+        raise PneumoError(f"{root / 'train'}: class folder(s) {empty} hold no {SUFFIX_TEXT} images")
     return Layout(root, classes, splits, not_images, ignored)
 
 
@@ -275,5 +277,5 @@ def expand_image_paths(paths: list[str]) -> tuple[list[Path], list[Path]]:
         else:
             raise PneumoError(f"--images: {path} does not exist")
     if not out:
-        raise PneumoError(f"--images: no .jpeg/.jpg/.png files found in {paths}")
+        raise PneumoError(f"--images: no {SUFFIX_TEXT} files found in {paths}")
     return out, skipped

@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
+from pneumo.data import dicom
+
 # Bump when decoding changes the pixels: it is part of the decode cache key.
 DECODER_VERSION = 1
 
@@ -104,11 +106,20 @@ def letterbox(gray: Image.Image, size: int, method: str = "none") -> np.ndarray:
 
 
 def decode(data: bytes, size: int, pre: Preprocess = Preprocess()) -> np.ndarray:
-    """Decode image bytes to a (size, size) uint8 letterbox, preprocessed by `pre`; raise on unreadable input.
+    """Decode image (JPEG, PNG, DICOM) bytes to a (size, size) uint8 letterbox, preprocessed by
+    `pre`; raise on unreadable input.
 
     Pillow's decompression-bomb warning is an error here: an image beyond its pixel limit
     is refused rather than decoded.
     """
+    gray = dicom.dicom_to_gray(data) if dicom.is_dicom(data) else _pillow_gray(data, size, pre)
+    if pre.jpeg_quality:
+        gray = recompress(gray, pre.jpeg_quality)
+    return letterbox(centre_crop(gray, pre.crop), size, pre.equalize)
+
+
+def _pillow_gray(data: bytes, size: int, pre: Preprocess) -> Image.Image:
+    """A JPEG or PNG (any format Pillow reads) as 8-bit grayscale, upright as its EXIF says."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(io.BytesIO(data)) as img:
@@ -117,14 +128,13 @@ def decode(data: bytes, size: int, pre: Preprocess = Preprocess()) -> np.ndarray
             if not pre.jpeg_quality:  # a recompression happens at the stored resolution
                 img.draft("L", (round(size / pre.crop), round(size / pre.crop)))
             img.load()
-            gray = to_gray(ImageOps.exif_transpose(img))
-            if pre.jpeg_quality:
-                gray = recompress(gray, pre.jpeg_quality)
-            return letterbox(centre_crop(gray, pre.crop), size, pre.equalize)
+            return to_gray(ImageOps.exif_transpose(img))
 
 
 def describe_error(exc: BaseException) -> str:
     """A short human reason for a read or decode failure of one file."""
+    if isinstance(exc, dicom.DicomError):
+        return str(exc)
     if isinstance(exc, PermissionError):
         return "permission denied (cannot read the file; fix its permissions)"
     if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 import yaml
 from conftest import TRAIN_ARGS, read_jsonl, run_cli
+from safetensors.torch import load_file
+from sklearn.metrics import classification_report
 
 from pneumo.data.predictions import read_predictions
 from pneumo.metrics.classification import classification_metrics
@@ -87,23 +92,55 @@ def test_the_grouped_fold_trains_on_the_same_images_and_schedule_as_alone(run_tw
         assert grouped["processes"] == 2 and alone["processes"] == 1
 
 
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _report_sections(text: str) -> dict[str, dict[str, list[str]]]:
+    """classification_report.txt: each section's title line -> {row name: its cells}."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    for line in text.splitlines():
+        if re.fullmatch(r".+\), threshold [\d.]+", line):  # a section's title
+            table = sections[line] = {}
+        elif line.strip():
+            first, *cells = re.split(r"\s{2,}", line.strip())
+            table[first] = cells
+    return sections
+
+
+def _four(value: float) -> str:
+    return "n/a" if np.isnan(value) else f"{value:.4f}"
+
+
 def test_run_directory_holds_the_promised_outputs(run_two):
     out, proc = run_two
-    for name in (
-        "results.json",
-        "oof.csv",
-        "config.yaml",
-        "folds.json",
-        "run_info.json",
-        "classification_report.txt",
-        "predictions_test.csv",
-        "summary.txt",
-    ):
-        assert (out / name).is_file(), name
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert (config["model"], config["image_size"], config["epochs"], config["batch_size"]) == ("test_resnet", 32, 2, 8)
+    assert config["mixed_precision"] == "bf16" and config["folds"] == N_FOLDS  # as TRAIN_ARGS asked
+    # classification_report.txt: sklearn's report of the out-of-fold and test-ensemble tables at 0.5.
+    sections = list(_report_sections((out / "classification_report.txt").read_text()).items())
+    assert len(sections) == 2
+    assert sections[0][0].startswith("Out-of-fold validation (40 images") and sections[1][0].startswith("Ensemble")
+    for (title, table), name in zip(sections, ("oof.csv", "predictions_test.csv")):
+        assert title.endswith("threshold 0.500")  # the default decision, fixed:0.5
+        rows = _rows(out / name)
+        truth = [r["label"] for r in rows]
+        called = ["PNEUMONIA" if float(r["prob_PNEUMONIA"]) >= 0.5 else "NORMAL" for r in rows]
+        expected = classification_report(
+            truth, called, labels=CLASSES, output_dict=True, zero_division=np.nan
+        )  # n/a where a class is never called, as the report writes it
+        for c in CLASSES:
+            want = [_four(expected[c][k]) for k in ("precision", "recall", "f1-score")]
+            assert table[c] == [*want, str(len([t for t in truth if t == c]))], (title, c)
+        assert table["accuracy"] == [f"{expected['accuracy']:.4f}", str(len(rows))], title
     for k in range(N_FOLDS):
-        for name in ("best.safetensors", "metrics.jsonl", "val_predictions.csv", "result.json"):
-            assert (out / f"fold{k}" / name).is_file(), (k, name)
-        assert any((out / f"fold{k}" / "tensorboard").iterdir())
+        # best.safetensors is a plain timm test_resnet with a 2-class head: it loads strictly.
+        model = timm.create_model("test_resnet", num_classes=2)
+        model.load_state_dict(load_file(out / f"fold{k}" / "best.safetensors"), strict=True)
+        assert len(read_jsonl(out / f"fold{k}" / "metrics.jsonl")) == 2
+        assert json.loads((out / f"fold{k}" / "result.json").read_text())["status"] == "done"
+        assert any((out / f"fold{k}" / "tensorboard").iterdir())  # its curves: test_report_site
     assert "ensemble" in proc.stdout and "out-of-fold" in proc.stdout
 
 
@@ -167,8 +204,22 @@ def test_without_data_dir_trains_on_the_builtin_synthetic_set_and_says_so(tmp_pa
     assert "USING THE BUILT-IN SYNTHETIC DATASET" in proc.stdout
     info = json.loads((out / "run_info.json").read_text())
     assert info["synthetic"] is True
+    # The set it trained on is the one generated under $PNEUMO_CACHE, file for file.
+    (data,) = cache.glob("synthetic-*/chest_xray")
+    on_disk = {p.relative_to(data).as_posix() for p in data.rglob("*.jpeg")}
+    pool = json.loads((out / "folds.json").read_text())["files"]
+    rows = _rows(out / "predictions_test.csv")
+    assert set(pool) | {r["file"] for r in rows} == on_disk and not set(pool) & {r["file"] for r in rows}
+    assert all(r["file"].startswith(f"test/{r['label']}/") for r in rows)  # labels are the folders
+    train = [f.split("/")[1] for f in pool if f.startswith("train/")]
+    assert train.count("PNEUMONIA") == 3 * train.count("NORMAL") > 0  # the README's 1:3 NORMAL:PNEUMONIA
     results = json.loads((out / "results.json").read_text())
-    assert results["synthetic"] is True and results["ensemble"]["test"]["accuracy"] >= 0
+    assert results["synthetic"] is True
+    # Its headline accuracy is the ensemble's at the run's threshold, recomputed from the saved table.
+    t = results["decision"]["threshold"]
+    called = [("PNEUMONIA" if float(r["prob_PNEUMONIA"]) >= t else "NORMAL") == r["label"] for r in rows]
+    assert results["ensemble"]["test"]["accuracy"] == pytest.approx(np.mean(called))
+    assert results["ensemble"]["test"]["n"] == len(rows) > 0
 
 
 def test_epoch_record_holds_the_learning_rate_of_every_optimizer_step(run_two):

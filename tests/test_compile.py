@@ -6,12 +6,16 @@ minute on 2 CPU cores with an empty compile cache, ~10 s once /tmp/torchinductor
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
-from conftest import read_jsonl, train
+import timm
+from conftest import TINY_COUNTS, read_jsonl, train
+from sklearn.metrics import roc_auc_score
 
 from pneumo.models.checkpoint import load_weights_file
 
@@ -34,10 +38,23 @@ def eager(tiny_data, cache_dir, tmp_path_factory) -> Path:
     return out
 
 
+def _scored(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(is PNEUMONIA, P(PNEUMONIA)) of each row of a predictions table."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return np.array([r["label"] == "PNEUMONIA" for r in rows]), np.array([float(r["prob_PNEUMONIA"]) for r in rows])
+
+
 def test_compiled_run_finishes_every_fold_with_results(compiled):
     results = json.loads((compiled / "results.json").read_text())
     assert results["n_folds"] == FOLDS and results["folds_done"] == list(range(FOLDS))
-    assert results["oof"]["accuracy"] is not None and "test" in results["ensemble"]
+    # Its metrics are those of the predictions it saved: every pool image out-of-fold, every test image.
+    for name, key, count in (("oof.csv", "oof", ("train", "val")), ("predictions_test.csv", "ensemble", ("test",))):
+        positive, scores = _scored(compiled / name)
+        metrics = results[key]["test"] if key == "ensemble" else results[key]
+        assert len(scores) == sum(sum(TINY_COUNTS[s]) for s in count) and np.isfinite(scores).all()
+        assert metrics["accuracy"] == pytest.approx(np.mean((scores >= 0.5) == positive)), name
+        assert metrics["roc_auc"] == pytest.approx(roc_auc_score(positive, scores)), name
     for k in range(FOLDS):
         fold = compiled / f"fold{k}"
         assert json.loads((fold / "result.json").read_text())["status"] == "done"
@@ -50,6 +67,7 @@ def test_compiled_checkpoints_hold_the_plain_model_weights(compiled, eager):
         plain, _ = load_weights_file(eager / f"fold{k}" / "best.safetensors")
         assert not any("_orig_mod" in key for key in state)
         assert state.keys() == plain.keys() and meta["model"] == "test_resnet"
+        timm.create_model("test_resnet", num_classes=2).load_state_dict(state, strict=True)  # a plain timm model
 
 
 def test_compiled_training_matches_eager_training(compiled, eager):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pneumo.config import build_parser, defaults_yaml, parse_args, result_keys_diff
+from pneumo.config import build_parser, defaults_yaml, parse_args, result_keys_diff, validate
 from pneumo.utils.errors import PneumoError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,6 +49,20 @@ def test_the_reference_recipe_file_turns_every_lever_of_the_study_off():
     assert reference["aug_scale"] == [1.0, 1.0] and reference["aug_aspect"] == 1.0
     levers = ("mixup", "cutmix", "label_smoothing", "ema_decay", "aug_translate", "aug_gamma", "aug_contrast")
     assert all(reference[k] == 0 for k in (*levers, "aug_brightness", "aug_erase_p", "aug_blur_p", "aug_noise_p"))
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_each_shipped_config_sets_exactly_its_keys_and_passes_validation(path):
+    """A configs/ file, read as plain YAML, is what train.py resolves: its keys take its values,
+    every other flag keeps the parser's default, and the resolved flags pass validation."""
+    text = path.read_text()
+    assert text.startswith("# ")  # says what it is for
+    written = {key.replace("-", "_"): value for key, value in yaml.safe_load(text).items()}
+    resolved, defaults = vars(parse_args(["--config", str(path)])), vars(parse_args([]))
+    assert resolved.pop("config") == str(path) and defaults.pop("config") is None
+    assert written and set(written) <= set(resolved)
+    assert resolved == {**defaults, **written}
+    validate(parse_args(["--config", str(path)]))
 
 
 def test_the_defaults_file_holds_every_flag_at_its_default_key_for_key():

@@ -167,18 +167,6 @@ def test_with_ema_the_checkpoint_holds_the_averaged_weights_not_the_last_ones(em
     assert not torch.equal(state["ema"][key], state["model"][key])
 
 
-STUDY_RECIPES = Path(__file__).parent.parent / "studies" / "recipe" / "recipes"
-
-
-@pytest.mark.parametrize("recipe", sorted(STUDY_RECIPES.glob("*.yaml")))
-def test_every_study_recipe_is_a_valid_train_config(recipe):
-    from pneumo.config import validate
-
-    args = parse_args(["--config", str(recipe)])
-    validate(args)
-    assert recipe.read_text().startswith("# ")  # the study table's description
-
-
 def test_crop_keeps_the_central_fraction_before_letterboxing():
     arr = np.zeros((100, 200), np.uint8)
     arr[10:90, 20:180] = 255  # a white box 10 % in from every border

@@ -55,14 +55,14 @@ def test_a_fold_held_by_another_process_cannot_be_claimed_and_names_its_holder(t
     proc = holder(1)
     claims = FoldClaims(tmp_path / "run")
     found = claims.claim(1)
-    assert found is not None and found["pid"] == proc.pid
+    assert found["pid"] == proc.pid
     assert claims.claim(0) is None  # other folds are free
 
 
 def test_a_claim_dies_with_its_holder(tmp_path, holder):
     proc = holder(2)
     claims = FoldClaims(tmp_path / "run")
-    assert claims.claim(2) is not None
+    assert claims.claim(2)["pid"] == proc.pid
     proc.kill()
     proc.wait()
     assert claims.claim(2) is None

@@ -115,6 +115,10 @@ def _four(value: float) -> str:
 
 def test_run_directory_holds_the_promised_outputs(run_two):
     out, proc = run_two
+    promised = ["results.json", "oof.csv", "config.yaml", "folds.json", "run_info.json", "predictions_test.csv"]
+    promised += ["classification_report.txt", "summary.txt"]
+    promised += [f"fold{k}/{name}" for k in range(N_FOLDS) for name in ("val_predictions.csv", "result.json")]
+    assert [name for name in promised if not (out / name).is_file()] == []  # contents: below and other tests
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert (config["model"], config["image_size"], config["epochs"], config["batch_size"]) == ("test_resnet", 32, 2, 8)
     assert config["mixed_precision"] == "bf16" and config["folds"] == N_FOLDS  # as TRAIN_ARGS asked

@@ -11,6 +11,7 @@ Layout mistakes (no data dir, missing, empty or extra class folders) are a one-l
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -450,4 +451,8 @@ def test_train_with_skip_uses_odd_images_and_records_the_skipped_ones(bad_data, 
     folds = json.loads((out / "folds.json").read_text())["files"]
     assert set(odd) <= set(folds) and not set(unusable) & set(folds)
     assert json.loads((out / "run_info.json").read_text())["skipped_images"] == len(unusable)
-    assert (out / "results.json").exists()
+    # It finished on the usable images: every pool image but the skipped ones has an out-of-fold score.
+    with open(out / "oof.csv", newline="") as f:
+        scored = [r["file"] for r in csv.DictReader(f)]
+    assert sorted(scored) == sorted(folds)
+    assert json.loads((out / "results.json").read_text())["oof"]["n"] == len(folds)

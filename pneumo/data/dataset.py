@@ -21,11 +21,13 @@ POSITIVE_CLASS = "PNEUMONIA"
 
 @dataclass(frozen=True)
 class ImageSet:
-    """Image files (relative to the data root) with integer labels indexing `classes`."""
+    """Image files (relative to the data root) with integer labels indexing `classes`, and each
+    file's patient where a labels CSV gives them (else None: patients come from file names)."""
 
     files: tuple[str, ...]
     labels: np.ndarray
     classes: tuple[str, ...]
+    patients: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.files)
@@ -34,14 +36,24 @@ class ImageSet:
         return np.bincount(self.labels, minlength=len(self.classes)).tolist()
 
     def subset(self, indices: np.ndarray) -> ImageSet:
-        return ImageSet(tuple(self.files[i] for i in indices), self.labels[indices], self.classes)
+        patients = None if self.patients is None else tuple(self.patients[i] for i in indices)
+        return ImageSet(tuple(self.files[i] for i in indices), self.labels[indices], self.classes, patients)
+
+    def patient_keys(self) -> list[str]:
+        """Each file's patient: the labels CSV's patient column, else its file-name key (folds.patient_key)."""
+        if self.patients is not None:
+            return list(self.patients)
+        return [patient_key(f, self.classes[y]) for f, y in zip(self.files, self.labels)]
 
     @staticmethod
     def concat(sets: list[ImageSet]) -> ImageSet:
         classes = sets[0].classes
         files = tuple(f for s in sets for f in s.files)
         labels = np.concatenate([s.labels for s in sets]) if sets else np.zeros(0, np.int64)
-        return ImageSet(files, labels.astype(np.int64), classes)
+        patients = None
+        if sets and all(s.patients is not None for s in sets):
+            patients = tuple(p for s in sets for p in s.patients)  # type: ignore[union-attr]
+        return ImageSet(files, labels.astype(np.int64), classes, patients)
 
 
 @dataclass(frozen=True)
@@ -229,9 +241,9 @@ def check_folds(layout: Layout, n_folds: int, *, keep_val_apart: bool, by_patien
     """
     pool = layout.pool(keep_val_apart)
     unit = "patients" if by_patient else "images"
+    keys = pool.patient_keys() if by_patient else list(pool.files)
     for c, name in enumerate(layout.classes):
-        files = [f for f, y in zip(pool.files, pool.labels) if y == c]
-        n = len({patient_key(f, name) for f in files}) if by_patient else len(files)
+        n = len({k for k, y in zip(keys, pool.labels) if y == c})
         if n < n_folds:
             raise PneumoError(
                 f"--folds {n_folds} is more than the {n} {unit} of class {name}; lower --folds or add data"

@@ -61,13 +61,20 @@ def make_folds(
     n_folds: int,
     seed: int,
     by_patient: bool = True,
+    patients: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Assign each sample a fold in [0, n_folds): stratified by label, grouped, deterministic.
 
-    Groups are patients (or single files when `by_patient` is False); byte-identical files
-    always share a group. Returns (fold per sample, group per sample).
+    Groups are patients (`patients`, else from the file names; single files when `by_patient`
+    is False); byte-identical files always share a group. Returns (fold per sample, group per
+    sample).
     """
-    keys = [patient_key(f, classes[y]) if by_patient else f for f, y in zip(files, labels)]
+    if not by_patient:
+        keys = list(files)
+    elif patients is not None:
+        keys = list(patients)
+    else:
+        keys = [patient_key(f, classes[y]) for f, y in zip(files, labels)]
     groups = group_ids(keys, sha1)
     unit = "patients" if by_patient else "distinct images"
     for c, name in enumerate(classes):

@@ -42,7 +42,12 @@ SCRIPTS = {
     "pneumo-audit": "pneumo.audit_cli:main",
     "pneumo-export": "pneumo.export.cli:main",
 }
-EXTRAS = {"export": {"onnx", "onnxruntime"}, "dicom": {"pydicom"}}
+EXTRAS = {
+    "export": {"onnx", "onnxruntime"},
+    "dicom": {"pydicom"},
+    "wandb": {"wandb"},
+    "mlflow": {"mlflow-skinny"},
+}
 
 
 def _requirements_txt() -> list[str]:

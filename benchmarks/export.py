@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -113,6 +114,7 @@ def main() -> None:
         "repeats": args.repeats,
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, torch {torch.__version__}",
         "onnxruntime": require("onnxruntime").__version__,
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],  # other jobs on the machine skew the times
         "rows": rows,
     }
     header = f"{'path':<16}{'file MB':>9}{'ms/img b1':>11}{'ms/img b32':>12}{'max|dP| vs eager':>18}"

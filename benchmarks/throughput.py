@@ -76,6 +76,7 @@ from pneumo.evaluation.ensemble import mean_probs  # noqa: E402
 from pneumo.models.factory import create_model  # noqa: E402
 from pneumo.models.inference import predict  # noqa: E402
 from pneumo.training.engine import EpochTotals, Trainable, train_one_epoch  # noqa: E402
+from pneumo.training.recipe import TrainSpec  # noqa: E402
 from pneumo.training.trainer import build_trainable  # noqa: E402
 from pneumo.utils.processes import available_cpus, set_threads  # noqa: E402
 
@@ -138,7 +139,7 @@ def load_cached(job: Job) -> tuple[DecodedImages, np.ndarray]:
 def make_trainable(job: Job, device: torch.device, seed: int = 0) -> Trainable:
     """The model and optimiser exactly as trainer.py builds them with the default recipe."""
     torch.manual_seed(seed)
-    cfg = train_args(["--model", job.model])
+    cfg = TrainSpec.from_config(vars(train_args(["--model", job.model])))
     # A schedule long enough that the benchmark's steps stay near its start, like a real epoch.
     t = build_trainable(cfg, device, job.mixed_precision, np.ones(2), n_steps=1000)
     t.model.train()

@@ -13,11 +13,10 @@ from pathlib import Path
 from pneumo.data.audit import audit, audit_table, pool_and_evals
 from pneumo.data.cache import default_cache_dir
 from pneumo.data.dataset import scan
-from pneumo.data.prepare import decode_images
+from pneumo.data.prepare import DecodeSpec, decode_images
 from pneumo.utils import console
 from pneumo.utils.errors import PneumoError
 from pneumo.utils.fsutil import atomic_write_json
-from pneumo.utils.processes import available_cpus
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,10 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep-val-apart", action="store_true", help="audit val/ as an evaluation split")
     p.add_argument("--out", default=None, help="write the audit as JSON here")
     args = p.parse_args(argv)
-    args.no_cache, args.equalize, args.jpeg_quality, args.crop = False, "none", 0, 1.0
     try:
         layout = scan(args.data_dir)
-        decoded = decode_images(layout, args, available_cpus())
+        decoded = decode_images(layout, DecodeSpec(args.image_size, cache_dir=args.cache_dir))
         labels, pool, evals = pool_and_evals(layout, decoded, args.keep_val_apart)
         report = audit(decoded, labels, layout.classes, layout.positive_index, pool, evals)
     except PneumoError as exc:

@@ -1,4 +1,5 @@
-"""Command-line flags, YAML config files, validation, and the resolved run config.
+"""Command-line flags, YAML config files and validation: the resolved run config (the records
+each stage receives from it: pneumo.run_config).
 
 A flag's own checks are its `type=` and `choices=` (pneumo.flags); `--config` values go through
 the same parser, so a value is checked alike wherever it comes from. Checks that need several
@@ -26,52 +27,6 @@ from pneumo.flags import (
     timm_optimizer,
 )
 from pneumo.utils.errors import PneumoError
-
-# Keys that change where or how fast a run goes, never its numbers: ignored when a run
-# directory's recorded config is compared with a new invocation (resume).
-# Recipe levers added after runs were first recorded and on by default since the recipe study:
-# a run recorded before such a flag existed trained with it off (and kept its lowest-loss epoch).
-OFF_BEFORE_IT_EXISTED = {
-    "label_smoothing": 0.0,
-    "mixup": 0.0,
-    "cutmix": 0.0,
-    "ema_decay": 0.0,
-    "aug_scale": None,
-    "aug_aspect": 1.0,
-    "aug_translate": 0.0,
-    "aug_gamma": 0.0,
-    "aug_contrast": 0.0,
-    "aug_brightness": 0.0,
-    "aug_erase_p": 0.0,
-    "aug_blur_p": 0.0,
-    "aug_blur_sigma": 0.0,
-    "aug_noise_p": 0.0,
-    "aug_noise_std": 0.0,
-    "select": "loss",
-}
-NON_RESULT_KEYS = frozenset(
-    {
-        "output_dir",
-        "resume",
-        "overwrite",
-        "workers",
-        "cache_dir",
-        "no_cache",
-        "config",
-        "audit",
-        "audit_samples",
-        "keep_state",
-        "saliency_images",
-        "report",
-        # How a run is split over launches and processes: SLURM array tasks train different folds
-        # into one run directory, and a resumed run may use another process count.
-        "train_folds",
-        "fold_plan",
-        "no_ensemble",
-        # The decision is made after training, from the out-of-fold predictions; evaluate.py can change it.
-        "threshold_policy",
-    }
-)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -522,19 +477,6 @@ def validate(args: argparse.Namespace) -> None:
     model = create_model(args.model, pretrained_file=args.pretrained_file, drop_path=args.drop_path, init="timm")
     if args.mixstyle:
         stage_modules(model)
-
-
-def result_keys_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Config keys whose values differ in a way that changes results.
-
-    A key the old record lacks (a run started by an earlier version, before the flag existed)
-    counts as the value the earlier version behaved as: the lever off for the recipe levers
-    whose default the study turned on, else the flag's default.
-    """
-    parser = build_parser()
-    before = lambda k: OFF_BEFORE_IT_EXISTED.get(k, parser.get_default(k))
-    keys = (set(old) | set(new)) - NON_RESULT_KEYS
-    return sorted(k for k in keys if old.get(k, before(k)) != new.get(k, before(k)))
 
 
 def to_yaml(config: dict[str, Any]) -> str:

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from pneumo.config import HelpFormatter
 from pneumo.evaluation.adapt import METHODS, MIN_IMAGES
 from pneumo.evaluation.clinical import SALIENCY_IMAGES
-from pneumo.evaluation.evaluate import evaluate_run, predict_images, split_tables
+from pneumo.evaluation.evaluate import EvalSpec, evaluate_run, predict_images, split_tables
 from pneumo.flags import ArgumentParser, integer, threshold_policy
 from pneumo.metrics.bootstrap import RESAMPLES
 from pneumo.models.inference import TTA_VIEWS
@@ -184,14 +185,15 @@ def main(argv: list[str] | None = None) -> int:
             ensemble_run(run_dir, {**overrides, "threads": args.threads})
             if args.ensemble or not (args.split or args.images or args.report):
                 return 0
+        spec = EvalSpec(**{f.name: getattr(args, f.name) for f in fields(EvalSpec)})
         if args.report:
             workers = args.workers if args.workers >= 0 else available_cpus()
             pixels = run_pixels(read_config(run_dir), cache_dir=args.cache_dir, no_cache=args.no_cache, workers=workers)
             console.log(f"report: {write_report(run_dir, pixels)}")
         elif args.images:
-            predict_images(run_dir, args)
+            predict_images(run_dir, spec)
         else:
-            section = evaluate_run(run_dir, args)
+            section = evaluate_run(run_dir, spec)
             for table in split_tables(run_dir.name, section):
                 console.console.print(table)
             console.log(f"model card: {write_model_card(run_dir)}")

@@ -1,4 +1,5 @@
-"""The run directory: new, resumed or overwritten; what made the run is recorded in it."""
+"""The run directory: new, resumed or overwritten (when its recorded config allows), what made
+the run recorded in it, and its config read back as the stages' records."""
 
 from __future__ import annotations
 
@@ -12,12 +13,88 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pneumo.config import result_keys_diff, to_yaml
+from pneumo.config import build_parser, to_yaml
+from pneumo.run_config import RunConfig
 from pneumo.utils.errors import PneumoError
 from pneumo.utils.fsutil import atomic_write_json, atomic_write_text, read_json
 from pneumo.utils.run_files import CONFIG, FOLDS, RUN_INFO, read_config
 
 PACKAGES = ("torch", "torchvision", "timm", "accelerate", "scikit-learn", "numpy", "pillow", "safetensors")
+
+
+# Keys that change where or how fast a run goes, never its numbers: ignored when a run
+# directory's recorded config is compared with a new invocation (resume).
+# Recipe levers added after runs were first recorded and on by default since the recipe study:
+# a run recorded before such a flag existed trained with it off (and kept its lowest-loss epoch).
+OFF_BEFORE_IT_EXISTED = {
+    "label_smoothing": 0.0,
+    "mixup": 0.0,
+    "cutmix": 0.0,
+    "ema_decay": 0.0,
+    "aug_scale": None,
+    "aug_aspect": 1.0,
+    "aug_translate": 0.0,
+    "aug_gamma": 0.0,
+    "aug_contrast": 0.0,
+    "aug_brightness": 0.0,
+    "aug_erase_p": 0.0,
+    "aug_blur_p": 0.0,
+    "aug_blur_sigma": 0.0,
+    "aug_noise_p": 0.0,
+    "aug_noise_std": 0.0,
+    "select": "loss",
+}
+NON_RESULT_KEYS = frozenset(
+    {
+        "output_dir",
+        "resume",
+        "overwrite",
+        "workers",
+        "cache_dir",
+        "no_cache",
+        "config",
+        "audit",
+        "audit_samples",
+        "keep_state",
+        "saliency_images",
+        "report",
+        # How a run is split over launches and processes: SLURM array tasks train different folds
+        # into one run directory, and a resumed run may use another process count.
+        "train_folds",
+        "fold_plan",
+        "no_ensemble",
+        # The decision is made after training, from the out-of-fold predictions; evaluate.py can change it.
+        "threshold_policy",
+    }
+)
+
+
+def as_recorded(config: dict[str, Any], keys: set[str] | None = None) -> dict[str, Any]:
+    """A recorded config with every flag (or every one of `keys`): a key it lacks (a run started
+    by an earlier version, before the flag existed) as the earlier version behaved, the lever off
+    for the recipe levers whose default the study turned on, else the flag's default."""
+    parser = build_parser()
+    wanted = keys if keys is not None else {a.dest for a in parser._actions if a.option_strings and a.dest != "help"}
+    before = {k: OFF_BEFORE_IT_EXISTED.get(k, parser.get_default(k)) for k in wanted if k not in config}
+    return {**config, **before}
+
+
+def result_keys_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Config keys whose values differ in a way that changes results.
+
+    A key the old record lacks (a run started by an earlier version, before the flag existed)
+    counts as the value the earlier version behaved as: the lever off for the recipe levers
+    whose default the study turned on, else the flag's default.
+    """
+    keys = (set(old) | set(new)) - NON_RESULT_KEYS
+    old, new = as_recorded(old, keys), as_recorded(new, keys)
+    return sorted(k for k in keys if old[k] != new[k])
+
+
+def recorded_config(run_dir: Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """A run's config.yaml as its records (with flag-named `overrides`), keys it lacks as the run
+    behaved before they existed."""
+    return RunConfig.from_config({**as_recorded(read_config(run_dir)), **(overrides or {})})
 
 
 def decide(run_dir: Path, config: dict[str, Any], *, resume: bool, overwrite: bool) -> str:
@@ -32,7 +109,7 @@ def decide(run_dir: Path, config: dict[str, Any], *, resume: bool, overwrite: bo
         )
     if overwrite:
         return "overwrite"
-    old = read_config(run_dir)
+    old = recorded_config(run_dir).to_config()
     diff = result_keys_diff(old, config)
     if diff:
         changes = ", ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in diff)

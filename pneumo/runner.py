@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 import traceback
-from argparse import Namespace
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from accelerate.utils import broadcast_object_list
 from rich.console import Group
 
 from pneumo import rundir
-from pneumo.config import to_yaml, validate
+from pneumo.config import to_yaml
 from pneumo.data.audit import audit, audit_table
 from pneumo.data.cache import DecodedImages
 from pneumo.data.dataset import check_folds, scan
@@ -26,6 +25,7 @@ from pneumo.evaluation.fold import evaluate_fold
 from pneumo.evaluation.results import build_results, read_fold_results, summary_table
 from pneumo.report.model_card import write_model_card
 from pneumo.report.site import pixels_from, write_report
+from pneumo.run_config import RunConfig
 from pneumo.training.claims import FoldClaims, describe, identity
 from pneumo.training.distributed import group_backend, wait_for, wait_for_everyone
 from pneumo.training.group import make_groups
@@ -34,7 +34,7 @@ from pneumo.training.trainer import FoldEnv, train_fold
 from pneumo.utils import console
 from pneumo.utils.errors import NonFiniteLossError, PneumoError
 from pneumo.utils.fsutil import atomic_write_json, atomic_write_text, check_writable, read_json
-from pneumo.utils.processes import available_cpus, make_accelerator, set_threads
+from pneumo.utils.processes import make_accelerator, set_threads
 from pneumo.utils.run_files import (
     AUDIT,
     CONFIG,
@@ -55,16 +55,16 @@ EXIT_OK = 0
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped on request with state saved; run again to resume
 
 
-def run_training(args: Namespace, should_stop=lambda: False) -> int:
+def run_training(cfg: RunConfig, should_stop=lambda: False) -> int:
     """Run (or resume) the whole job in this process; returns the exit status."""
     started = time.monotonic()
-    validate(args)
+    args = cfg.run
     accelerator = make_accelerator(args.mixed_precision)
     rank, world, is_main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     console.set_process(rank, world)
     threads = set_threads(args.threads)
     data_dir, synthetic = resolve_data_dir(args.data_dir)
-    config = {**vars(args), "data_dir": str(data_dir), "mixed_precision": accelerator.mixed_precision}
+    config = {**cfg.to_config(), "data_dir": str(data_dir), "mixed_precision": accelerator.mixed_precision}
     if args.no_ensemble:
         config["train_folds"] = None  # the run's ensemble is every fold; this launch's share is in plan.json
     run_dir = Path(args.output_dir).expanduser().resolve()
@@ -83,8 +83,8 @@ def run_training(args: Namespace, should_stop=lambda: False) -> int:
                 style="bold red",
             )
         if mode == "overwrite":
-            check_no_claims(claims, args.folds)
-    data = prepare_data(args, data_dir, is_main)
+            check_no_claims(claims, cfg.splits.folds)
+    data = prepare_data(cfg, data_dir, is_main)
     if args.audit:
         if is_main:
             console.console.print(audit_table(data.audit))
@@ -95,17 +95,17 @@ def run_training(args: Namespace, should_stop=lambda: False) -> int:
     if mode == "resume":
         rundir.check_same_data(run_dir, fingerprint)
     if is_main:
-        grouping = "duplicates" if args.no_group else "patient"
+        grouping = "duplicates" if cfg.splits.no_group else "patient"
         extra = {"synthetic": synthetic, "skipped_images": len(data.bad), "device": rundir.describe(accelerator.device)}
         info = rundir.run_info(data_dir, fingerprint, world, extra)
-        rundir.initialise(run_dir, mode, config, data.splits.folds_json(seed=args.seed, grouping=grouping), info)
+        rundir.initialise(run_dir, mode, config, data.splits.folds_json(seed=cfg.splits.seed, grouping=grouping), info)
         if data.bad:
             atomic_write_json(run_dir / SKIPPED, data.bad)
         atomic_write_json(run_dir / AUDIT, data.audit)
         atomic_write_json(run_dir / OVERLAP, data.overlap)
     wait_for_everyone(accelerator)
 
-    trained = folds_to_train(args)
+    trained = folds_to_train(cfg.to_config())
     pending = broadcast_object_list([claims.claim_pending(trained, should_stop) if is_main else None])[0]
     if pending is None:
         return EXIT_STOPPED
@@ -114,12 +114,13 @@ def run_training(args: Namespace, should_stop=lambda: False) -> int:
         console.log(f"fold plan ({world} process(es)): {plan.describe()}")
         atomic_write_json(run_dir / PLAN, {**plan.to_json(), "launch": identity()})
     env = FoldEnv(
-        args,
+        cfg.train,
         run_dir,
         accelerator.device,
         accelerator.autocast,
         accelerator.mixed_precision,
-        args.workers if args.workers >= 0 else threads,
+        cfg.decode.workers if cfg.decode.workers >= 0 else threads,
+        config,
     )
     if not train_planned_folds(plan, rank, env, data.splits, data.decoded, should_stop):
         return EXIT_STOPPED
@@ -138,7 +139,7 @@ def run_training(args: Namespace, should_stop=lambda: False) -> int:
         "mixed_precision": accelerator.mixed_precision,
         "wall_seconds": round(time.monotonic() - started, 1),
     }
-    finish_run(run_dir, args, trained, data, header, accelerator.device)
+    finish_run(run_dir, cfg, trained, data, header, accelerator.device)
     return EXIT_OK
 
 
@@ -180,15 +181,16 @@ class RunData:
     overlap: dict[str, Any]
 
 
-def prepare_data(args: Namespace, data_dir: Path, is_main: bool) -> RunData:
-    """Scan, decode (through the cache), check and split the data as the run's flags say."""
+def prepare_data(cfg: RunConfig, data_dir: Path, is_main: bool) -> RunData:
+    """Scan, decode (through the cache), check and split the data as the run's config says."""
     layout = scan(data_dir)
     if is_main and layout.ignored_note():
         console.log(layout.ignored_note())
-    check_folds(layout, args.folds, keep_val_apart=args.keep_val_apart, by_patient=not args.no_group)
-    decoded = decode_images(layout, args, args.workers if args.workers >= 0 else available_cpus())
+    folds, args = cfg.splits, cfg.run
+    check_folds(layout, folds.folds, keep_val_apart=folds.keep_val_apart, by_patient=not folds.no_group)
+    decoded = decode_images(layout, cfg.decode)
     bad = unusable_images(layout, decoded, args.on_bad_image)
-    splits = build_splits(layout, decoded, args)
+    splits = build_splits(layout, decoded, folds)
     audit_record: dict[str, Any] = {}
     if is_main:
         audit_record = audit(decoded, splits.labels, splits.classes, splits.positive, splits.pool, splits.evals)
@@ -203,20 +205,20 @@ def prepare_data(args: Namespace, data_dir: Path, is_main: bool) -> RunData:
     return RunData(decoded, splits, bad, audit_record, overlap)
 
 
-def finish_run(run_dir: Path, args: Namespace, folds: list[int], data: RunData, header: dict[str, Any], device) -> None:
+def finish_run(run_dir: Path, cfg: RunConfig, folds: list[int], data: RunData, header: dict[str, Any], device) -> None:
     """From the finished folds' files: results.json, the ensemble, clinical evaluation, summary and report."""
     fold_results = read_fold_results(run_dir, folds)
     if not any(r["status"] == "done" for r in fold_results):
         raise PneumoError(f"every fold failed; see {run_dir}/fold*/result.json")
     header = {
-        "model": args.model,
-        "image_size": args.image_size,
-        "epochs": args.epochs,
-        "n_folds": args.folds,
+        "model": cfg.train.model.name,
+        "image_size": cfg.decode.image_size,
+        "epochs": cfg.train.optim.epochs,
+        "n_folds": cfg.splits.folds,
         **header,
         "overlap": data.overlap,
     }
-    config = {**vars(args), **{k: header[k] for k in ("data_dir", "mixed_precision")}}
+    config = {**cfg.to_config(), **{k: header[k] for k in ("data_dir", "mixed_precision")}}
     results = build_results(run_dir, fold_results, data.splits.classes, data.splits.positive, header, config)
     results = add_clinical(run_dir, results, config, data.decoded, device)
     table = Group(summary_table(results), *clinical_tables(results["clinical"]))
@@ -227,7 +229,7 @@ def finish_run(run_dir: Path, args: Namespace, folds: list[int], data: RunData, 
     console.log(f"model card: {write_model_card(run_dir)}")
     console.log(f"results: {run_dir / RESULTS}  (wall time {header['wall_seconds']:.0f}s)")
     console.log(json.dumps({"oof_accuracy": results["oof"]["accuracy"], "oof_roc_auc": results["oof"]["roc_auc"]}))
-    if args.report:
+    if cfg.run.report:
         report(run_dir, pixels_from(data.decoded))
 
 
@@ -237,7 +239,7 @@ def ensemble_run(run_dir: Path, overrides: dict[str, Any]) -> None:
     (a SLURM fold array). `overrides`: where to find the decode cache, how many decode workers."""
     started = time.monotonic()
     config = read_config(run_dir)
-    args = Namespace(**{**config, **overrides})
+    cfg = rundir.recorded_config(run_dir, overrides)
     folds = folds_to_train(config)
     missing = [k for k in folds if not (fold_dir(run_dir, k) / RESULT).exists()]
     if missing:
@@ -246,8 +248,8 @@ def ensemble_run(run_dir: Path, overrides: dict[str, Any]) -> None:
             f"train them with `train.py ... --output-dir {run_dir} --train-folds {' '.join(map(str, missing))}`"
         )
     accelerator = make_accelerator(config["mixed_precision"])
-    set_threads(args.threads)
-    data = prepare_data(args, Path(config["data_dir"]), is_main=True)
+    set_threads(cfg.run.threads)
+    data = prepare_data(cfg, Path(config["data_dir"]), is_main=True)
     rundir.check_same_data(run_dir, rundir.data_fingerprint(data.decoded.files, data.decoded.sha1))
     header = {
         "data_dir": config["data_dir"],
@@ -256,7 +258,7 @@ def ensemble_run(run_dir: Path, overrides: dict[str, Any]) -> None:
         "mixed_precision": config["mixed_precision"],
         "wall_seconds": round(time.monotonic() - started, 1),
     }
-    finish_run(run_dir, args, folds, data, header, accelerator.device)
+    finish_run(run_dir, cfg, folds, data, header, accelerator.device)
 
 
 def record_policy(run_dir: Path, policy: str) -> None:

@@ -192,30 +192,32 @@ def test_levers_that_are_off_draw_nothing_so_rotation_and_flip_streams_stay_the_
 
 def test_every_lever_on_is_reproducible_per_seed_and_stays_in_range():
     spec = AugmentSpec.from_config(
-        parse_args(
-            [
-                "--aug-scale",
-                "0.9",
-                "1.2",
-                "--aug-aspect",
-                "1.1",
-                "--aug-translate",
-                "0.05",
-                "--aug-gamma",
-                "0.3",
-                "--aug-contrast",
-                "0.2",
-                "--aug-brightness",
-                "0.1",
-                "--aug-blur-p",
-                "0.5",
-                "--aug-blur-sigma",
-                "1.0",
-                "--aug-noise-p",
-                "0.5",
-                "--aug-noise-std",
-                "0.03",
-            ]
+        vars(
+            parse_args(
+                [
+                    "--aug-scale",
+                    "0.9",
+                    "1.2",
+                    "--aug-aspect",
+                    "1.1",
+                    "--aug-translate",
+                    "0.05",
+                    "--aug-gamma",
+                    "0.3",
+                    "--aug-contrast",
+                    "0.2",
+                    "--aug-brightness",
+                    "0.1",
+                    "--aug-blur-p",
+                    "0.5",
+                    "--aug-blur-sigma",
+                    "1.0",
+                    "--aug-noise-p",
+                    "0.5",
+                    "--aug-noise-std",
+                    "0.03",
+                ]
+            )
         )
     )
     assert (spec.scale_min, spec.scale_max, spec.noise_std) == (0.9, 1.2, 0.03)

@@ -17,6 +17,7 @@ from sklearn.metrics import roc_curve
 
 from pneumo.config import parse_args, validate
 from pneumo.training.build import build_trainable
+from pneumo.training.recipe import TrainSpec
 from pneumo.utils.errors import PneumoError
 
 
@@ -236,8 +237,8 @@ def test_compare_writes_markdown_and_csv_for_any_runs_including_older_ones(run_o
 
 def test_backbone_lr_scale_gives_the_backbone_a_scaled_cosine_and_the_head_the_usual_one():
     base = ["--model", "test_resnet", "--epochs", "2", "--lr", "1e-3", "--min-lr", "1e-4"]
-    scaled = build_trainable(parse_args([*base, "--backbone-lr-scale", "0.1"]), _cpu(), "no", np.ones(2), 5)
-    usual = build_trainable(parse_args(base), _cpu(), "no", np.ones(2), 5)
+    scaled = build_trainable(_recipe([*base, "--backbone-lr-scale", "0.1"]), _cpu(), "no", np.ones(2), 5)
+    usual = build_trainable(_recipe(base), _cpu(), "no", np.ones(2), 5)
     head, backbone = scaled.optimizer.param_groups
     head_ids = {id(p) for p in scaled.model.get_classifier().parameters()}
     assert {id(p) for p in head["params"]} == head_ids
@@ -269,3 +270,7 @@ def _cpu():
 def test_bad_clinical_flags_are_refused_naming_the_flag(flags, option):
     with pytest.raises(PneumoError, match=option):
         validate(parse_args(["--model", "test_resnet", *flags]))
+
+
+def _recipe(argv: list[str]) -> TrainSpec:
+    return TrainSpec.from_config(vars(parse_args(argv)))

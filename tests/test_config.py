@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pneumo.config import build_parser, defaults_yaml, parse_args, result_keys_diff, validate
+from pneumo.config import build_parser, defaults_yaml, parse_args, validate
+from pneumo.rundir import result_keys_diff
 from pneumo.utils.errors import PneumoError
 
 ROOT = Path(__file__).resolve().parent.parent

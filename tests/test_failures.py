@@ -18,6 +18,7 @@ from torch import nn
 import pneumo.training.trainer
 from pneumo.config import parse_args
 from pneumo.models.checkpoint import load_state, load_weights_file
+from pneumo.run_config import RunConfig
 from pneumo.runner import run_training
 from pneumo.utils.errors import PneumoError
 from pneumo.utils.fsutil import atomic_write_bytes
@@ -55,7 +56,7 @@ def test_nan_loss_stops_only_that_fold_and_keeps_its_last_good_checkpoint(tiny_d
     out = tmp_path / "nan"
     # Without mixing the loss is one criterion call per step (mixup/CutMix make it two).
     args = parse_args(train_args(tiny_data, out, cache_dir, "--mixup", "0", "--cutmix", "0")[1:])
-    assert run_training(args) == 0
+    assert run_training(RunConfig.from_config(vars(args))) == 0
 
     failed = json.loads((out / "fold1" / "result.json").read_text())
     assert failed["status"] == "failed" and "epoch 2" in failed["reason"] and "nan" in failed["reason"]

@@ -59,6 +59,7 @@ def test_every_module_lives_in_a_stage_or_is_a_command_or_the_job():
         "pneumo.config",
         "pneumo.evaluate_cli",
         "pneumo.flags",
+        "pneumo.run_config",
         "pneumo.rundir",
         "pneumo.runner",
         "pneumo.train_cli",

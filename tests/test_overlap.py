@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from PIL import Image
 from pneumo.data.cache import decode_dataset
 from pneumo.data.dataset import scan
 from pneumo.data.overlap import check_overlap, phash
-from pneumo.data.splits import build_splits
+from pneumo.data.splits import SplitSpec, build_splits
 from pneumo.data.synthetic import generate
 from pneumo.utils.errors import PneumoError
 
@@ -57,7 +56,7 @@ def planted(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 def _splits(root: Path, cache_dir: Path | None):
     layout = scan(root)
     decoded = decode_dataset(root, list(layout.all_files().files), SIZE, cache_dir=cache_dir, workers=0)
-    return decoded, build_splits(layout, decoded, Namespace(keep_val_apart=False, folds=3, seed=0, no_group=False))
+    return decoded, build_splits(layout, decoded, SplitSpec(folds=3, seed=0))
 
 
 @pytest.fixture()

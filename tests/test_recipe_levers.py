@@ -25,6 +25,7 @@ from pneumo.models.checkpoint import load_weights_file
 from pneumo.models.factory import create_model
 from pneumo.models.inference import predict
 from pneumo.training.build import make_scheduler
+from pneumo.training.recipe import OptimSpec
 
 
 def _batch(n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,7 +70,7 @@ def test_mixing_is_reproducible_from_the_generator_and_both_methods_are_used():
 def test_warmup_rises_linearly_then_follows_the_cosine_to_min_lr():
     cfg = parse_args(["--epochs", "4", "--warmup-epochs", "1", "--lr", "1e-3", "--min-lr", "1e-4"])
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=cfg.lr)
-    sched = make_scheduler(opt, cfg, n_steps=10)
+    sched = make_scheduler(opt, OptimSpec.from_config(vars(cfg)), n_steps=10)
     lrs = []
     for _ in range(40):
         lrs.append(opt.param_groups[0]["lr"])

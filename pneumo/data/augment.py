@@ -20,8 +20,9 @@ levers that are off draw nothing, so turning one on never changes another's stre
 from __future__ import annotations
 
 import math
-from argparse import Namespace
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -50,12 +51,19 @@ class AugmentSpec:
     erase_p: float = 0.0
 
     @classmethod
-    def from_config(cls, cfg: Namespace) -> AugmentSpec:
-        """The spec from the run's flags (`--aug-rotate`, `--aug-scale MIN MAX`, ...)."""
-        values = {f.name: getattr(cfg, f"aug_{f.name}") for f in fields(cls) if hasattr(cfg, f"aug_{f.name}")}
-        if getattr(cfg, "aug_scale", None) is not None:
-            values["scale_min"], values["scale_max"] = cfg.aug_scale
-        return cls(**values)
+    def from_config(cls, values: Mapping[str, Any]) -> AugmentSpec:
+        """The spec from a run's config (`aug_rotate`, `aug_scale: [MIN, MAX]`, ...); keys it lacks
+        keep the reference recipe's values."""
+        spec = {f.name: values[f"aug_{f.name}"] for f in fields(cls) if f"aug_{f.name}" in values}
+        if values.get("aug_scale") is not None:
+            spec["scale_min"], spec["scale_max"] = values["aug_scale"]
+        return cls(**spec)
+
+    def to_config(self) -> dict[str, Any]:
+        """The spec as a run's config keys (`from_config`'s inverse)."""
+        scale = ("scale_min", "scale_max")
+        values = {f"aug_{f.name}": getattr(self, f.name) for f in fields(self) if f.name not in scale}
+        return {**values, "aug_scale": [self.scale_min, self.scale_max]}
 
 
 @dataclass

@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
-from argparse import Namespace
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 
 from pneumo.data.cache import DecodedImages
 from pneumo.data.dataset import Layout
 from pneumo.data.folds import folds_record, make_folds
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """How the pool is split into folds: `folds` of them, from `seed`, val/ in the pool unless
+    `keep_val_apart`, grouped by patient unless `no_group`."""
+
+    folds: int
+    seed: int
+    keep_val_apart: bool = False
+    no_group: bool = False
+
+    @classmethod
+    def from_config(cls, values: Mapping[str, Any]) -> SplitSpec:
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
 
 
 @dataclass
@@ -34,7 +50,7 @@ class Splits:
         return folds_record(files, self.fold_of, self.groups, self.labels[self.pool], self.classes, **meta)
 
 
-def build_splits(layout: Layout, decoded: DecodedImages, cfg: Namespace) -> Splits:
+def build_splits(layout: Layout, decoded: DecodedImages, cfg: SplitSpec) -> Splits:
     """Pool and folds from the usable images (unreadable ones already reported by the caller)."""
     index = decoded.index_of()
     labels = np.zeros(len(decoded.files), dtype=np.int64)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from argparse import Namespace
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -16,7 +16,7 @@ from pneumo.data.dataset import expand_image_paths, scan_split
 from pneumo.data.images import Preprocess
 from pneumo.data.loader import PixelDataset, eval_batches, make_loader
 from pneumo.data.predictions import write_predictions
-from pneumo.data.prepare import decode_images, unusable_images
+from pneumo.data.prepare import DecodeSpec, decode_images, unusable_images
 from pneumo.evaluation.adapt import (
     METHODS,
     adapt_decision,
@@ -29,6 +29,7 @@ from pneumo.evaluation.adapt import (
     site_images,
 )
 from pneumo.evaluation.clinical import (
+    SALIENCY_IMAGES,
     SplitPredictions,
     clinical_section,
     clinical_tables,
@@ -38,6 +39,7 @@ from pneumo.evaluation.clinical import (
 from pneumo.evaluation.decision import run_decision
 from pneumo.evaluation.ensemble import mean_probs
 from pneumo.evaluation.results import SPREAD, evaluate_split, metrics_table, write_split_predictions
+from pneumo.metrics.bootstrap import RESAMPLES
 from pneumo.metrics.classification import report_text
 from pneumo.metrics.shift import score_shift
 from pneumo.models.fold_model import FoldModel, load_fold_model
@@ -45,7 +47,7 @@ from pneumo.models.inference import Autocast, predict
 from pneumo.utils import console
 from pneumo.utils.errors import PneumoError
 from pneumo.utils.fsutil import atomic_write_json, atomic_write_text, read_json
-from pneumo.utils.processes import available_cpus, make_accelerator, set_threads
+from pneumo.utils.processes import make_accelerator, set_threads
 from pneumo.utils.run_files import (
     BEST,
     CONFIG,
@@ -63,6 +65,32 @@ from pneumo.utils.run_files import (
 )
 
 IN_POOL = "in-pool: optimistic"
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """What evaluate.py does with a finished run: the split (or `images`) to score, from which data
+    dir, with which site adaptation, test-time augmentation and clinical extras, and how it runs.
+    `decode` carries the cache and decode processes; the size and preprocessing come from the run's
+    checkpoints. None: the run's own (data dir, split test, TTA, mixed precision)."""
+
+    split: str | None = None
+    data_dir: str | None = None
+    allow_pool_split: bool = False
+    images: list[str] | None = None
+    out: str | None = None
+    adapt_on: str | None = None
+    adapt: str | None = None
+    bootstrap_resamples: int = RESAMPLES
+    saliency_images: int = SALIENCY_IMAGES
+    tta: str | None = None
+    batch_size: int = 64
+    mixed_precision: str | None = None
+    threads: int = 0
+    on_bad_image: str = "error"
+    cache_dir: str | None = None
+    no_cache: bool = False
+    workers: int = -1
 
 
 def _done_folds(run_dir: Path, folds: list[int]) -> list[int]:
@@ -117,7 +145,7 @@ def check_not_in_pool(run_dir: Path, config: dict, data_dir: Path, split: str, a
     return True
 
 
-def evaluate_run(run_dir: Path, args: Namespace) -> dict:
+def evaluate_run(run_dir: Path, args: EvalSpec) -> dict:
     """Each fold model and the ensemble on `args.split`; written to run_dir/evaluation/<split>/.
 
     Only DATA_DIR/<split> is scanned and decoded. A split of the run's own pool is refused
@@ -128,28 +156,30 @@ def evaluate_run(run_dir: Path, args: Namespace) -> dict:
     config = _run_config(run_dir)
     data_dir = Path(args.data_dir or config["data_dir"]).expanduser().resolve()
     site = site_images(args.adapt_on, data_dir) if args.adapt_on else None
-    args.split = args.split or (site[1] if site else None) or "test"
-    in_pool = check_not_in_pool(run_dir, config, data_dir, args.split, args.allow_pool_split)
+    split = args.split or (site[1] if site else None) or "test"
+    in_pool = check_not_in_pool(run_dir, config, data_dir, split, args.allow_pool_split)
     accelerator = make_accelerator(args.mixed_precision or config["mixed_precision"])
     set_threads(args.threads)
     models = _load_models(run_dir, config, accelerator.device)
     methods = METHODS[args.adapt or "both"] if site else ()
     site_pixels = _site_pixels(run_dir, models, site[2], methods, args) if site else None
-    layout = scan_split(data_dir, args.split, tuple(models[0].meta["classes"]))
+    layout = scan_split(data_dir, split, tuple(models[0].meta["classes"]))
     if layout.ignored_note():
         console.log(layout.ignored_note())
-    if not len(layout.splits[args.split]):
-        raise PneumoError(f"--split {args.split}: {data_dir / args.split} holds no .jpeg/.jpg/.png images")
+    if not len(layout.splits[split]):
+        raise PneumoError(f"--split {split}: {data_dir / split} holds no .jpeg/.jpg/.png images")
     classes, positive = layout.classes, int(models[0].meta["positive"])
-    args.image_size = int(models[0].meta["image_size"])
-    pre = Preprocess.from_dict(models[0].meta)
-    args.equalize, args.jpeg_quality, args.crop = pre.equalize, pre.jpeg_quality, pre.crop
-    decoded = decode_images(layout, args, args.workers if args.workers >= 0 else available_cpus())
+    # Decoded as the models were trained: their size and preprocessing, this command's cache and processes.
+    meta = models[0].meta
+    as_trained = DecodeSpec(
+        int(meta["image_size"]), Preprocess.from_dict(meta), args.cache_dir, args.no_cache, args.workers
+    )
+    decoded = decode_images(layout, as_trained)
     unusable_images(layout, decoded, args.on_bad_image)
     index = decoded.index_of()
-    idx = np.asarray([index[f] for f in layout.splits[args.split].files if index[f] not in decoded.errors])
+    idx = np.asarray([index[f] for f in layout.splits[split].files if index[f] not in decoded.errors])
     files = [decoded.files[i] for i in idx]
-    labels = layout.splits[args.split].labels[[layout.splits[args.split].files.index(f) for f in files]]
+    labels = layout.splits[split].labels[[layout.splits[split].files.index(f) for f in files]]
     loader = make_loader(PixelDataset(decoded), eval_batches(idx, args.batch_size), accelerator.device, 0)
     trained_tta = models[0].meta.get("tta", "none")
     tta = args.tta or trained_tta
@@ -164,7 +194,7 @@ def evaluate_run(run_dir: Path, args: Namespace) -> dict:
             per_fold = predict(pairs, loader, device, autocast, tta)
     at = {"positive": positive, "threshold": decision["threshold"]}
     section = {
-        "split": args.split,
+        "split": split,
         "tta": tta,
         "data_dir": str(layout.root),
         "in_pool": in_pool,
@@ -172,12 +202,12 @@ def evaluate_run(run_dir: Path, args: Namespace) -> dict:
         **({"adaptation": adaptation} if site else {}),
         **evaluate_split(files, labels, per_fold, folds, classes, **at),
     }
-    name = args.split if tta == trained_tta else f"{args.split}-tta-{tta}"
+    name = split if tta == trained_tta else f"{split}-tta-{tta}"
     out = run_dir / EVALUATION / (f"{name}-adapted" if site else name)
     section["clinical"] = clinical_section(
         run_dir,
         folds,
-        {args.split: SplitPredictions(files, labels, per_fold, folds)},
+        {split: SplitPredictions(files, labels, per_fold, folds)},
         classes,
         positive,
         config,
@@ -189,17 +219,17 @@ def evaluate_run(run_dir: Path, args: Namespace) -> dict:
         saliency_images=args.saliency_images,
     )
     if site:
-        after = section["clinical"]["shift"][args.split]
-        before_shift = _shift(run_dir, folds, classes, positive, config, args.split, before)
+        after = section["clinical"]["shift"][split]
+        before_shift = _shift(run_dir, folds, classes, positive, config, split, before)
         adaptation["shift"] = {"before": before_shift, "after": after}
-        console.log(shift_line(args.split, adaptation["shift"]))
+        console.log(shift_line(split, adaptation["shift"]))
     atomic_write_json(out / RESULTS, section)
     atomic_write_text(out / SUMMARY, console.render_text(Group(*split_tables(run_dir.name, section))))
     report = report_text(labels, mean_probs(per_fold), classes, **at)
     atomic_write_text(out / REPORT, report)
     write_split_predictions(out / PREDICTIONS, files, labels, per_fold, folds, classes, **at)
     warn_shift(section["clinical"])
-    console.log(f"{args.split}: ensemble of folds {folds} on {len(files)} images -> {out}")
+    console.log(f"{split}: ensemble of folds {folds} on {len(files)} images -> {out}")
     return section
 
 
@@ -207,7 +237,7 @@ def evaluate_run(run_dir: Path, args: Namespace) -> dict:
 
 
 def _site_pixels(
-    run_dir: Path, models: list[FoldModel], files: list[Path], methods: tuple[str, ...], args: Namespace
+    run_dir: Path, models: list[FoldModel], files: list[Path], methods: tuple[str, ...], args: EvalSpec
 ) -> torch.Tensor:
     """The adaptation images' pixels, decoded as the models were trained and ordered by content (the
     estimates then do not depend on file names or folders); refused when AdaBN has no BatchNorm to
@@ -230,7 +260,7 @@ def _adapt(
     source: Path,
     methods: tuple[str, ...],
     decision: dict,
-    args: Namespace,
+    args: EvalSpec,
     device: torch.device,
     autocast: Autocast,
     tta: str,
@@ -318,7 +348,7 @@ def _pixel_batches(pixels: torch.Tensor, batch_size: int) -> list[tuple[torch.Te
     ]
 
 
-def predict_images(run_dir: Path, args: Namespace) -> Path:
+def predict_images(run_dir: Path, args: EvalSpec) -> Path:
     """Ensemble probabilities for image files/folders; written as CSV to `args.out`."""
     config = _run_config(run_dir)
     accelerator = make_accelerator(args.mixed_precision or config["mixed_precision"])

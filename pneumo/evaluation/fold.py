@@ -59,9 +59,9 @@ def evaluate_fold(trained: TrainedFold, splits: Splits, decoded: DecodedImages, 
     result["seconds"] = round(time.monotonic() - trained.started, 1)  # the whole fold, its evaluation included
     result["finished_at"] = round(time.time(), 3)  # when (epoch seconds): the scaling benchmark's clock
     result["processes"] = group.size
-    log_final(out, {**vars(env.cfg), "mixed_precision": env.mixed_precision}, result)
+    log_final(out, env.config, result)
     atomic_write_json(out / RESULT, result)
-    if not env.cfg.keep_state:
+    if not env.train.keep_state:
         # A done fold is never resumed (its result.json says so): its resume state is dead weight.
         (out / STATE).unlink(missing_ok=True)
     return result
@@ -76,6 +76,6 @@ def _predict(
     group: FoldGroup,
 ) -> np.ndarray:
     """The probabilities of `model` on the images `idx`: each member predicts its share, every member gets them all."""
-    loader = make_loader(dataset, eval_batches(group.shard(idx), env.cfg.batch_size), env.device, env.workers)
-    probs = predict([(model, norm)], loader, env.device, env.autocast, env.cfg.tta)[0]
+    loader = make_loader(dataset, eval_batches(group.shard(idx), env.train.optim.batch_size), env.device, env.workers)
+    probs = predict([(model, norm)], loader, env.device, env.autocast, env.train.tta)[0]
     return group.gather_rows(probs, len(idx))

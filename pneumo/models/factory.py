@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -10,6 +13,31 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from pneumo.utils.errors import PneumoError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The network a fold trains: a timm model `name` with its head's dropout, its starting weights
+    (`pretrained` from the hub, a `pretrained_file`, else `init`) and its options (see `create_model`),
+    and MixStyle's probability (0: off)."""
+
+    name: str
+    dropout: float = 0.3
+    pretrained: bool = False
+    pretrained_file: str | None = None
+    init: str = "xavier"
+    zero_init_last: bool = True
+    drop_path: float = 0.0
+    mixstyle: float = 0.0
+
+    @classmethod
+    def from_config(cls, values: Mapping[str, Any]) -> ModelSpec:
+        """From a run's config (`--model`, `--dropout`, ...)."""
+        keys = ("dropout", "pretrained", "pretrained_file", "init", "zero_init_last", "drop_path", "mixstyle")
+        return cls(values["model"], **{k: values[k] for k in keys if k in values})
+
+    def to_config(self) -> dict[str, Any]:
+        return {"model": self.name, **{k: v for k, v in vars(self).items() if k != "name"}}
 
 
 def xavier_init(model: nn.Module) -> None:

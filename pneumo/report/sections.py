@@ -7,7 +7,6 @@ Adding a section is writing one such function and listing it in SECTIONS.
 from __future__ import annotations
 
 import io
-from argparse import Namespace
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -191,7 +190,7 @@ def samples(inp: Inputs) -> Section | None:
     grid = figures.image_grid(tiles, f"Random training-pool images per class ({size} px, before augmentation)")
     views: list[figures.Tile] = []
     generator = torch.Generator().manual_seed(int(run.config.get("seed", 0)))
-    spec = AugmentSpec.from_config(Namespace(**run.config))
+    spec = AugmentSpec.from_config(run.config)
     n_views = 5
     for (f, name), img in zip(picked, inp.pixels([f for f, _ in picked])):
         if img is None:

@@ -1,11 +1,11 @@
-"""What one fold trains with, from the flags: independent seeds from (seed, fold), the model,
-optimiser, per-step schedule, grad scaler, loss, augmentation and mixing, and the weight EMA."""
+"""What one fold trains with, from its recipe (pneumo.training.recipe): independent seeds from
+(seed, fold), the model, optimiser, per-step schedule, grad scaler, loss, augmentation and mixing,
+and the weight EMA."""
 
 from __future__ import annotations
 
 import inspect
 import math
-from argparse import Namespace
 
 import numpy as np
 import torch
@@ -14,12 +14,12 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler
 
-from pneumo.data.augment import AugmentSpec
 from pneumo.data.mixing import MixSpec
 from pneumo.models.factory import create_model, lr_groups
 from pneumo.models.mixstyle import attach_mixstyle
 from pneumo.training.engine import Trainable
 from pneumo.training.group import FoldGroup, sync_batchnorm
+from pneumo.training.recipe import OptimSpec, TrainSpec
 
 
 def fold_seeds(seed: int, fold: int) -> tuple[int, int, int]:
@@ -29,27 +29,28 @@ def fold_seeds(seed: int, fold: int) -> tuple[int, int, int]:
 
 
 def build_trainable(
-    cfg: Namespace,
+    spec: TrainSpec,
     device: torch.device,
     mixed_precision: str,
     class_counts: np.ndarray,
     n_steps: int,
     group: FoldGroup | None = None,
 ) -> Trainable:
-    """A fold's model, optimiser, per-step cosine schedule, grad scaler and loss, from the flags;
+    """A fold's model, optimiser, per-step cosine schedule, grad scaler and loss, from its recipe;
     in a `group` of several processes, its forward averages gradients over the group."""
     group = group or FoldGroup((0,))
+    net, cfg = spec.model, spec.optim
     model = create_model(
-        cfg.model,
-        dropout=cfg.dropout,
-        pretrained=cfg.pretrained,
-        pretrained_file=cfg.pretrained_file,
-        init=cfg.init,
-        zero_init_last=cfg.zero_init_last,
-        drop_path=cfg.drop_path,
+        net.name,
+        dropout=net.dropout,
+        pretrained=net.pretrained,
+        pretrained_file=net.pretrained_file,
+        init=net.init,
+        zero_init_last=net.zero_init_last,
+        drop_path=net.drop_path,
     )
-    if cfg.mixstyle:
-        attach_mixstyle(model, cfg.mixstyle)
+    if net.mixstyle:
+        attach_mixstyle(model, net.mixstyle)
     model = sync_batchnorm(model, group)
     model.to(device, memory_format=torch.channels_last)
     scale = cfg.backbone_lr_scale
@@ -80,7 +81,7 @@ def build_trainable(
         make_scheduler(optimizer, cfg, n_steps),
         scaler,
         nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing),
-        AugmentSpec.from_config(cfg),
+        spec.augment,
         MixSpec(cfg.mixup, cfg.cutmix),
         ema,
         plain_eval=group.size > 1,
@@ -96,7 +97,7 @@ def fused_kwargs(opt: str) -> dict[str, bool]:
     return {"fused": True} if "fused" in inspect.signature(cls).parameters else {}
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Namespace, n_steps: int) -> LRScheduler:
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimSpec, n_steps: int) -> LRScheduler:
     """Cosine from each group's lr down to --min-lr x (its lr / --lr), after a linear warmup.
 
     Stepped once per optimizer step. With one learning rate and no warmup this is exactly

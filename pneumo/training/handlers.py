@@ -6,7 +6,6 @@ events and names none of these; a new side concern is one more handler in `fold_
 
 from __future__ import annotations
 
-from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from pneumo.data.predictions import PROVISIONAL_THRESHOLD, write_predictions
 from pneumo.data.splits import Splits
 from pneumo.models.checkpoint import save_weights
 from pneumo.training.events import EpochEnd, Handler, Handlers
+from pneumo.training.recipe import TrainSpec
 from pneumo.training.tracking import FoldLogger
 from pneumo.utils import console
 from pneumo.utils.fsutil import atomic_write_json
@@ -70,14 +70,13 @@ class SampleAudit(Handler):
 
 def fold_handlers(
     out: Path,
-    fold: int,
-    cfg: Namespace,
+    spec: TrainSpec,
     splits: Splits,
     val_idx: np.ndarray,
     meta: dict[str, Any],
     history: list[dict[str, Any]],
 ) -> Handlers:
     """The handlers of a training fold, in the order they act on each event."""
-    handlers: list[Handler] = [SampleAudit(out, splits.files)] if cfg.audit_samples else []
+    handlers: list[Handler] = [SampleAudit(out, splits.files)] if spec.audit_samples else []
     handlers += [BestCheckpoint(out, meta, splits, val_idx), FoldLogger(out, history)]
-    return Handlers([*handlers, EpochLine(cfg.epochs)])
+    return Handlers([*handlers, EpochLine(spec.optim.epochs)])

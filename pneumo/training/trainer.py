@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import time
-from argparse import Namespace
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,25 +29,25 @@ from pneumo.training.engine import EpochTotals, Trainable, train_one_epoch
 from pneumo.training.events import EpochEnd, Handlers
 from pneumo.training.group import FoldGroup, member_seed
 from pneumo.training.handlers import fold_handlers
+from pneumo.training.recipe import TrainSpec
 from pneumo.training.state import Progress, restore_progress, save_progress
 from pneumo.utils import console
 from pneumo.utils.errors import NonFiniteLossError
 from pneumo.utils.run_files import STATE, fold_dir
 
-# What a fold checkpoint's metadata records besides its weights (pneumo.models.fold_model reads it).
-_META_FLAGS = ("model", "dropout", "image_size", "equalize", "jpeg_quality", "crop", "tta")
-
 
 @dataclass
 class FoldEnv:
-    """What the process gives each of its folds."""
+    """What the process gives each of its folds: the training recipe, where and how to run, and
+    the run's resolved config (for TensorBoard's HParams)."""
 
-    cfg: Namespace
+    train: TrainSpec
     run_dir: Path
     device: torch.device
     autocast: Autocast
     mixed_precision: str
     workers: int
+    config: dict[str, Any] = field(default_factory=dict)
     group: FoldGroup = field(default_factory=lambda: FoldGroup((0,)))
 
 
@@ -83,14 +82,15 @@ def train_fold(
 ) -> TrainedFold | None:
     """Train `fold` to the end (or until `should_stop()`); None when stopped early with the state
     saved for a resume."""
-    cfg, out, started, group = env.cfg, fold_dir(env.run_dir, fold), time.monotonic(), env.group
+    spec, cfg, group = env.train, env.train.optim, env.group
+    out, started = fold_dir(env.run_dir, fold), time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     data = FoldData.of(fold, splits, decoded)
     n_steps = steps_per_epoch(len(data.train_idx), cfg.batch_size)
-    init_seed, sampler_seed, aug_seed = fold_seeds(cfg.seed, fold)
+    init_seed, sampler_seed, aug_seed = fold_seeds(spec.seed, fold)
     torch.manual_seed(init_seed)
     class_counts = np.bincount(splits.labels[data.train_idx], minlength=len(splits.classes))
-    t = build_trainable(cfg, env.device, env.mixed_precision, class_counts, n_steps, group)
+    t = build_trainable(spec, env.device, env.mixed_precision, class_counts, n_steps, group)
     if group.size > 1:
         torch.manual_seed(member_seed(init_seed, group))  # each member's own dropout draws for its rows
     sampler, aug = torch.Generator().manual_seed(sampler_seed), torch.Generator().manual_seed(aug_seed)
@@ -99,11 +99,11 @@ def train_fold(
         console.log(f"fold {fold}: resuming at epoch {p.epoch + 1}, step {p.totals.step}")
     else:
         p = Progress(0, EpochTotals(), sampler.get_state(), math.inf, -1, [])
-    meta = {"fold": fold, **{k: vars(cfg)[k] for k in _META_FLAGS}, "classes": list(splits.classes)}
+    meta = {"fold": fold, **spec.checkpoint_meta(), "classes": list(splits.classes)}
     meta.update(positive=splits.positive, mean=data.norm[0], std=data.norm[1])
     handlers = Handlers([])  # a group's leader writes the fold's files
     if group.is_leader:
-        handlers = fold_handlers(out, fold, cfg, splits, data.val_idx, meta, p.history)
+        handlers = fold_handlers(out, spec, splits, data.val_idx, meta, p.history)
     try:
         while p.epoch < cfg.epochs:
             epoch_started = time.monotonic()
@@ -146,7 +146,7 @@ def _train_epoch(
     should_stop,
 ) -> float | None:
     """Train the epoch `p.epoch` from its step `p.totals.step` on; its images/s, or None if stopped."""
-    cfg, labels = env.cfg, data.splits.labels
+    cfg, labels = env.train.optim, data.splits.labels
     head_only = p.epoch < cfg.freeze_epochs
     set_head_only(t.model, head_only)
     train_mode(t.model, head_only)
@@ -184,9 +184,9 @@ def _train_epoch(
 def _predict(data: FoldData, idx: np.ndarray, model: torch.nn.Module, env: FoldEnv) -> np.ndarray:
     """The probabilities of `model` on the pool images `idx`: each member of the fold's group
     predicts its share, and every member gets them all."""
-    group = env.group
-    loader = make_loader(data.dataset, eval_batches(group.shard(idx), env.cfg.batch_size), env.device, env.workers)
-    probs = predict([(model, data.norm)], loader, env.device, env.autocast, env.cfg.tta)[0]
+    group, batches = env.group, eval_batches(env.group.shard(idx), env.train.optim.batch_size)
+    loader = make_loader(data.dataset, batches, env.device, env.workers)
+    probs = predict([(model, data.norm)], loader, env.device, env.autocast, env.train.tta)[0]
     return group.gather_rows(probs, len(idx))
 
 

@@ -6,7 +6,6 @@ read them), so no stage reaches into another for a file name.
 
 from __future__ import annotations
 
-from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +60,7 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     return loaded
 
 
-def folds_to_train(config: Namespace | dict[str, Any]) -> list[int]:
+def folds_to_train(config: dict[str, Any]) -> list[int]:
     """The folds a run trains: --train-folds (sorted, once each), or every fold of --folds."""
-    values = vars(config) if isinstance(config, Namespace) else config
-    chosen = values.get("train_folds")
-    return sorted(set(chosen)) if chosen else list(range(int(values["folds"])))
+    chosen = config.get("train_folds")
+    return sorted(set(chosen)) if chosen else list(range(int(config["folds"])))

@@ -25,7 +25,6 @@ import io
 import json
 import sys
 import time
-from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +36,7 @@ from pneumo.data.cache import decode_dataset, default_cache_dir
 from pneumo.data.dataset import scan
 from pneumo.data.images import decode
 from pneumo.data.overlap import HASH_SIZE, NEAR_DISTANCE, check_overlap, hamming, phash
-from pneumo.data.splits import build_splits
+from pneumo.data.splits import SplitSpec, build_splits
 
 DISTINCT_CORRELATION = 0.98
 
@@ -94,7 +93,7 @@ def main() -> None:
     started = time.perf_counter()
     phash(pixels)
     result["seconds_to_hash_all"] = round(time.perf_counter() - started, 3)
-    splits = build_splits(layout, decoded, Namespace(keep_val_apart=False, folds=5, seed=42, no_group=False))
+    splits = build_splits(layout, decoded, SplitSpec(folds=5, seed=42))
     started = time.perf_counter()
     record = check_overlap(decoded, splits, "warn")
     result["seconds_overlap_check"] = round(time.perf_counter() - started, 3)

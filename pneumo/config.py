@@ -26,6 +26,8 @@ from pneumo.flags import (
     timm_model,
     timm_optimizer,
 )
+from pneumo.training.trackers import TRACKERS
+from pneumo.training.trackers import resolve as resolve_trackers
 from pneumo.utils.errors import PneumoError
 
 
@@ -51,6 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=str,
         default=None,
         help="dataset root holding train/[val/][test/]{CLASS_A,CLASS_B}/; default: the built-in synthetic set",
+    )
+    g.add_argument(
+        "--labels",
+        type=existing_file,
+        default=None,
+        metavar="FILE.csv",
+        help="labels from a CSV instead of class folders: columns file (relative to --data-dir), label, "
+        "optional patient (groups the folds) and split (train/val/test, default train)",
     )
     g.add_argument(
         "--output-dir",
@@ -341,6 +351,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep each finished fold's resume state (foldK/state.pt); by default it is deleted when the fold is done",
     )
     g.add_argument(
+        "--log-with",
+        nargs="+",
+        choices=(*TRACKERS, "all"),
+        default=["tensorboard"],
+        help="experiment trackers: each fold's epochs and final metrics, and the run's out-of-fold, ensemble "
+        "and clinical metrics (TensorBoard always; W&B offline unless WANDB_MODE is set; MLflow to "
+        "MLFLOW_TRACKING_URI, else RUN/mlruns)",
+    )
+    g.add_argument(
         "--report",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -467,6 +486,9 @@ def validate(args: argparse.Namespace) -> None:
     architecture than --model, and a model option (--mixstyle, --drop-path) the model lacks
     (values alone were checked when parsed)."""
     check_together(args)
+    resolve_trackers(args.log_with)
+    if args.labels and not args.data_dir:
+        raise PneumoError("--labels needs --data-dir: the root its file column is relative to")
     if not (args.pretrained_file or args.mixstyle or args.drop_path):
         return
     from pneumo.models.factory import create_model

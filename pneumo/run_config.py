@@ -9,7 +9,7 @@ config.yaml records. Nothing below the command line reads flags.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from pneumo.data.prepare import DecodeSpec
@@ -24,6 +24,7 @@ class RunSpec:
 
     data_dir: str | None
     output_dir: str
+    labels: str | None = None
     on_bad_image: str = "error"
     on_overlap: str = "warn"
     train_folds: list[int] | None = None
@@ -32,6 +33,7 @@ class RunSpec:
     mixed_precision: str | None = None
     threshold_policy: str = "fixed:0.5"
     saliency_images: int = 16
+    log_with: list[str] = field(default_factory=lambda: ["tensorboard"])
     report: bool = True
     no_ensemble: bool = False
     audit: bool = False

@@ -58,6 +58,7 @@ NON_RESULT_KEYS = frozenset(
         "keep_state",
         "saliency_images",
         "report",
+        "log_with",
         # How a run is split over launches and processes: SLURM array tasks train different folds
         # into one run directory, and a resumed run may use another process count.
         "train_folds",

@@ -16,7 +16,8 @@ from pneumo import rundir
 from pneumo.config import to_yaml
 from pneumo.data.audit import audit, audit_table
 from pneumo.data.cache import DecodedImages
-from pneumo.data.dataset import check_folds, scan
+from pneumo.data.dataset import check_folds
+from pneumo.data.labels import scan_data
 from pneumo.data.overlap import check_overlap
 from pneumo.data.prepare import decode_images, resolve_data_dir, unusable_images
 from pneumo.data.splits import Splits, build_splits
@@ -30,6 +31,8 @@ from pneumo.training.claims import FoldClaims, describe, identity
 from pneumo.training.distributed import group_backend, wait_for, wait_for_everyone
 from pneumo.training.group import make_groups
 from pneumo.training.plan import FoldPlan, make_plan
+from pneumo.training.trackers import log_run, open_fold_runs
+from pneumo.training.tracking import final_metrics
 from pneumo.training.trainer import FoldEnv, train_fold
 from pneumo.utils import console
 from pneumo.utils.errors import NonFiniteLossError, PneumoError
@@ -121,6 +124,7 @@ def run_training(cfg: RunConfig, should_stop=lambda: False) -> int:
         accelerator.mixed_precision,
         cfg.decode.workers if cfg.decode.workers >= 0 else threads,
         config,
+        trackers=tuple(cfg.run.log_with),
     )
     if not train_planned_folds(plan, rank, env, data.splits, data.decoded, should_stop):
         return EXIT_STOPPED
@@ -155,18 +159,24 @@ def train_planned_folds(
             return False
         where = f"process {rank}" if group.size == 1 else f"processes {list(group.ranks)} (data-parallel)"
         console.log(f"fold {fold}: training on {where}")
+        env.tracker_runs = runs = open_fold_runs(env.trackers, env.run_dir, fold, env.config) if group.is_leader else []
+        final: dict[str, float] = {}
         try:
             trained = train_fold(fold, splits, decoded, env, should_stop)
             if trained is None:
                 console.log(f"fold {fold}: stopped; state saved, run the same command again to resume")
                 return False
-            evaluate_fold(trained, splits, decoded, env)
+            result = evaluate_fold(trained, splits, decoded, env)
+            final = final_metrics(result) if group.is_leader else {}
         except NonFiniteLossError as exc:
             out = fold_dir(env.run_dir, fold)
             kept = "its last good epoch's checkpoint is kept" if (out / STATE).exists() else "it had no checkpoint yet"
             console.warn(f"fold {fold} failed: {exc}; {kept}; the other folds go on")
             if group.is_leader:
                 atomic_write_json(out / RESULT, {"fold": fold, "status": "failed", "reason": str(exc)})
+        finally:
+            for run in runs:
+                run.finish(final)
     return True
 
 
@@ -183,7 +193,7 @@ class RunData:
 
 def prepare_data(cfg: RunConfig, data_dir: Path, is_main: bool) -> RunData:
     """Scan, decode (through the cache), check and split the data as the run's config says."""
-    layout = scan(data_dir)
+    layout = scan_data(data_dir, cfg.run.labels)
     if is_main and layout.ignored_note():
         console.log(layout.ignored_note())
     folds, args = cfg.splits, cfg.run
@@ -227,6 +237,7 @@ def finish_run(run_dir: Path, cfg: RunConfig, folds: list[int], data: RunData, h
         console.console.print(table)
     (run_dir / SUMMARY).write_text(captured.get(), encoding="utf-8")
     console.log(f"model card: {write_model_card(run_dir)}")
+    log_run(cfg.run.log_with, run_dir, config, results)
     console.log(f"results: {run_dir / RESULTS}  (wall time {header['wall_seconds']:.0f}s)")
     console.log(json.dumps({"oof_accuracy": results["oof"]["accuracy"], "oof_roc_auc": results["oof"]["roc_auc"]}))
     if cfg.run.report:

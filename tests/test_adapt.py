@@ -240,7 +240,7 @@ def test_refusals_are_one_line_and_write_nothing(adapt_run, cache_dir, tmp_path,
     no_bn = _no_batchnorm_run(run, tmp_path / "no_bn")
     cases = [
         (run, ["--adapt-on", "no_such_split"], "neither a split of"),
-        (run, ["--adapt-on", str(empty)], "holds no .jpeg/.jpg/.png images"),
+        (run, ["--adapt-on", str(empty)], "holds no .dcm/.dicom/.jpeg/.jpg/.png images"),
         (run, ["--adapt-on", str(few), "--split", "test"], f"at least {MIN_IMAGES} needed: BatchNorm statistics"),
         (no_bn, ["--adapt-on", "test", "--adapt", "adabn"], "has no BatchNorm layer for AdaBN"),
         (run, ["--adapt", "prior"], "give --adapt-on too"),

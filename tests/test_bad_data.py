@@ -265,8 +265,8 @@ def test_empty_training_class_is_an_error_naming_it(tmp_path):
 
 def test_training_class_of_only_non_images_counts_as_empty(tmp_path):
     _layout(tmp_path, {"train": {"NORMAL": 0, "PNEUMONIA": 2}})
-    _write(tmp_path / "train" / "NORMAL" / "scan.dcm", b"DICM")
-    with pytest.raises(PneumoError, match=r"\['NORMAL'\] hold no \.jpeg/\.jpg/\.png images"):
+    _write(tmp_path / "train" / "NORMAL" / "scan.tif", b"II*\x00")
+    with pytest.raises(PneumoError, match=r"\['NORMAL'\] hold no \.dcm/\.dicom/\.jpeg/\.jpg/\.png images"):
         scan(tmp_path)
 
 
@@ -280,11 +280,11 @@ def test_empty_class_in_the_test_split_is_allowed(tmp_path):
 def test_non_image_file_in_a_class_folder_is_listed_as_unusable(tmp_path):
     _layout(tmp_path, {"train": {"NORMAL": 2, "PNEUMONIA": 2}})
     _write(tmp_path / "train" / "NORMAL" / "notes.txt", b"hello")
-    _write(tmp_path / "train" / "PNEUMONIA" / "scan.dcm", b"DICM")
+    _write(tmp_path / "train" / "PNEUMONIA" / "scan.tif", b"II*\x00")
     layout = scan(tmp_path)
-    assert set(layout.not_images) == {"train/NORMAL/notes.txt", "train/PNEUMONIA/scan.dcm"}
+    assert set(layout.not_images) == {"train/NORMAL/notes.txt", "train/PNEUMONIA/scan.tif"}
     assert "not an image file (suffix '.txt'" in layout.not_images["train/NORMAL/notes.txt"]
-    assert not any(f.endswith((".txt", ".dcm")) for f in layout.all_files().files)
+    assert not any(f.endswith((".txt", ".tif")) for f in layout.all_files().files)
 
 
 def test_hidden_and_system_files_are_ignored_and_listed(tmp_path):

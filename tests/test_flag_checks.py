@@ -28,6 +28,8 @@ TRAIN_BAD_VALUES = [
     ("--seed", "4294967296"),
     ("--model", "resnet_does_not_exist"),
     ("--pretrained-file", "/nonexistent/weights.pth"),
+    ("--labels", "/nonexistent/labels.csv"),
+    ("--log-with", "neptune"),
     ("--dropout", "1"),
     ("--dropout", "-0.1"),
     ("--init", "kaiming"),

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import csv
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli, train
 from PIL import Image
 
 from pneumo.data.labels import scan_labels
@@ -112,3 +115,40 @@ def test_patients_from_the_csv_are_never_split_across_folds(tmp_path, flat):
         by_patient.setdefault(patient, set()).add(int(fold))
     assert all(len(f) == 1 for f in by_patient.values()) and len(by_patient) == 4
     assert sorted(np.bincount(fold_of).tolist()) == [4, 4]
+
+
+def test_train_and_evaluate_from_a_csv(tiny_data, cache_dir, tmp_path):
+    """The tiny set flattened into one folder with a CSV (patients and splits): training groups the
+    folds by the CSV's patients and evaluates its test rows; evaluate.py RUN finds them again."""
+    root = tmp_path / "flat"
+    root.mkdir()
+    rows = ["file,label,patient,split"]
+    for i, src in enumerate(sorted(tiny_data.rglob("*.jpeg"))):
+        split, label = src.relative_to(tiny_data).parts[:2]
+        (root / f"{i:03d}.jpeg").write_bytes(src.read_bytes())
+        rows.append(f"{i:03d}.jpeg,{label},pt{i // 2},{split}")
+    csv_path = write_csv(tmp_path, "\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    train(root, out, cache_dir, "--labels", str(csv_path), "--train-folds", "0", "1")
+    folds = json.loads((out / "folds.json").read_text())
+    patient = {r.split(",")[0]: r.split(",")[2] for r in rows[1:]}
+    fold_of_patient: dict[str, set[int]] = {}
+    for file, fold in folds["files"].items():
+        fold_of_patient.setdefault(patient[file], set()).add(fold)
+    assert all(len(f) == 1 for f in fold_of_patient.values())
+    test_rows = [r.split(",") for r in rows[1:] if r.endswith(",test")]
+    predicted = {r["file"]: r["label"] for r in csv.DictReader((out / "predictions_test.csv").open())}
+    assert predicted == {r[0]: r[1] for r in test_rows}
+    run_cli(["evaluate.py", str(out), "--cache-dir", str(cache_dir)])
+    again = json.loads((out / "evaluation" / "test" / "results.json").read_text())
+    assert again["ensemble"]["n"] == len(test_rows)
+
+
+def test_labels_without_a_data_dir_is_refused(tmp_path, capsys):
+    from pneumo import train_cli
+
+    csv_path = write_csv(tmp_path, "file,label\na.png,x\n")
+    assert train_cli.main(["--labels", str(csv_path), "--output-dir", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == "error: --labels needs --data-dir: the root its file column is relative to"
+    assert not (tmp_path / "run").exists()

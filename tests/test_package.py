@@ -15,7 +15,7 @@ import pytest
 from conftest import ROOT
 from packaging.requirements import Requirement
 
-from pneumo import audit, evaluate_cli, train_cli
+from pneumo import audit_cli, evaluate_cli, train_cli
 
 # How the package uses each dependency: the module it imports. torchvision is imported by timm,
 # not by pneumo; it is pinned beside torch because an unpinned one would pull in another torch.
@@ -119,7 +119,7 @@ def test_every_dependency_is_used_by_the_package():
         assert re.search(rf"^\s*(from|import) {re.escape(module)}\b", source, re.MULTILINE), name
 
 
-@pytest.mark.parametrize("main", [train_cli.main, evaluate_cli.main, audit.main])
+@pytest.mark.parametrize("main", [train_cli.main, evaluate_cli.main, audit_cli.main])
 def test_cli_mains_answer_help(main, capsys):
     with pytest.raises(SystemExit) as info:
         main(["--help"])

@@ -7,6 +7,7 @@ import struct
 from pathlib import Path
 
 import pytest
+from conftest import read_jsonl, train
 
 from pneumo.training import trackers
 from pneumo.utils.errors import PneumoError
@@ -113,3 +114,30 @@ def test_all_means_every_tracker_and_a_missing_one_names_its_extra(monkeypatch):
 def test_flatten_keeps_numbers_under_their_path():
     record = {"val": {"loss": 0.5, "per_class": {"NORMAL": {"recall": 1}}}, "model": "x", "best": True, "lr": 1e-3}
     assert trackers.flatten(record) == {"val/loss": 0.5, "val/per_class/NORMAL/recall": 1.0, "lr": 1e-3}
+
+
+def test_a_fold_parallel_run_logs_each_fold_once_and_the_ensemble(tiny_data, cache_dir, tmp_path, local_trackers):
+    """2 processes x 3 folds (folds 0-1 side by side, fold 2 on both): each fold is one run in each
+    tracker, logged by the process that trained it (a group's leader only), with the fold's
+    epochs as metrics.jsonl has them and its final metrics as result.json; then the run's."""
+    out = tmp_path / "run"
+    train(tiny_data, out, cache_dir, "--folds", "3", "--log-with", "all", processes=2)
+    results = json.loads((out / "results.json").read_text())
+    names = [f"run/fold{k}" for k in range(3)]
+    logged_w, logged_m = wandb_runs(out), mlflow_runs(out)
+    assert sorted(logged_w) == sorted(logged_m) == sorted([*names, "run/ensemble"])
+    for k, name in enumerate(names):
+        epochs = read_jsonl(out / f"fold{k}" / "metrics.jsonl")
+        result = json.loads((out / f"fold{k}" / "result.json").read_text())
+        w = logged_w[name]
+        assert w["group"] == "run" and w["config"]["folds"] == 3
+        assert [h["val/loss"] for h in w["history"]] == [e["val"]["loss"] for e in epochs]
+        assert w["summary"]["final/test_roc_auc"] == pytest.approx(result["splits"]["test"]["roc_auc"])
+        run, client = logged_m[name]
+        history = client.get_metric_history(run.info.run_id, "val/loss")
+        assert [(m.step, m.value) for m in history] == [(e["epoch"], e["val"]["loss"]) for e in epochs]
+        assert run.data.metrics["final/val_accuracy"] == pytest.approx(result["val"]["accuracy"])
+    ensemble, _ = logged_m["run/ensemble"]
+    assert ensemble.data.metrics["oof/accuracy"] == pytest.approx(results["oof"]["accuracy"])
+    assert ensemble.data.metrics["ensemble/test/roc_auc"] == pytest.approx(results["ensemble"]["test"]["roc_auc"])
+    assert logged_w["run/ensemble"]["summary"]["oof/roc_auc"] == pytest.approx(results["oof"]["roc_auc"])

@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from pneumo.data.dataset import IMAGE_SUFFIXES, SPLITS, ImageSet, Layout
+from pneumo.data.dataset import IMAGE_SUFFIXES, SPLITS, ImageSet, Layout, scan
 from pneumo.utils.errors import PneumoError
 
 COLUMNS = ("file", "label")
@@ -101,3 +101,19 @@ def _checked_file(root: Path, csv_path: Path, line: int, value: str) -> str:
     if rel.suffix.lower() not in IMAGE_SUFFIXES:
         raise PneumoError(f"{where} is not an image file (expected {'/'.join(sorted(IMAGE_SUFFIXES))})")
     return rel.as_posix()
+
+
+def scan_labels_split(root: str | Path, labels_csv: str | Path, split: str, classes: tuple[str, ...]) -> Layout:
+    """The rows of `split` in a labels CSV (evaluate.py on a run trained with --labels); its
+    classes must be the run's."""
+    layout = scan_labels(root, labels_csv)
+    if split not in layout.splits:
+        raise PneumoError(f"--split {split}: --labels {labels_csv} has no rows of split {split!r}")
+    if layout.classes != tuple(classes):
+        raise PneumoError(f"--labels {labels_csv}: classes {layout.classes}, but the run's are {tuple(classes)}")
+    return Layout(layout.root, layout.classes, {split: layout.splits[split]})
+
+
+def scan_data(root: str | Path, labels_csv: str | Path | None = None) -> Layout:
+    """The data set at `root`: from its class folders, or from `labels_csv` when given."""
+    return scan_labels(root, labels_csv) if labels_csv else scan(root)

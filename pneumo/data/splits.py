@@ -61,15 +61,19 @@ def build_splits(layout: Layout, decoded: DecodedImages, cfg: SplitSpec) -> Spli
     def usable(files: tuple[str, ...]) -> np.ndarray:
         return np.asarray([index[f] for f in files if index[f] not in decoded.errors], dtype=np.int64)
 
-    pool = usable(layout.pool(cfg.keep_val_apart).files)
+    pool_set = layout.pool(cfg.keep_val_apart)
+    pool = usable(pool_set.files)
+    files = [decoded.files[i] for i in pool]
+    patient_of = None if pool_set.patients is None else dict(zip(pool_set.files, pool_set.patients))
     fold_of, groups = make_folds(
-        [decoded.files[i] for i in pool],
+        files,
         labels[pool],
         layout.classes,
         [decoded.sha1[i] for i in pool],
         n_folds=cfg.folds,
         seed=cfg.seed,
         by_patient=not cfg.no_group,
+        patients=None if patient_of is None else [patient_of[f] for f in files],
     )
     evals = {s: usable(layout.splits[s].files) for s in layout.eval_splits(cfg.keep_val_apart)}
     return Splits(layout.classes, layout.positive_index, decoded.files, labels, pool, fold_of, groups, evals)

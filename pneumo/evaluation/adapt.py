@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from pneumo.data.augment import prepare_batch
-from pneumo.data.dataset import expand_image_paths
+from pneumo.data.dataset import SUFFIX_TEXT, expand_image_paths
 from pneumo.metrics.prior import em_prior, prior_threshold
 from pneumo.metrics.threshold import parse_policy
 from pneumo.models.inference import Autocast
@@ -49,7 +49,7 @@ def site_images(value: str, data_dir: Path) -> tuple[Path, str | None, list[Path
     try:
         files, _ = expand_image_paths([str(folder)])
     except PneumoError:
-        raise PneumoError(f"--adapt-on {value}: {folder} holds no .jpeg/.jpg/.png images") from None
+        raise PneumoError(f"--adapt-on {value}: {folder} holds no {SUFFIX_TEXT} images") from None
     return folder.resolve(), split, files
 
 

@@ -12,8 +12,9 @@ from rich.console import Group
 from rich.table import Table
 
 from pneumo.data.cache import decode_file
-from pneumo.data.dataset import expand_image_paths, scan_split
+from pneumo.data.dataset import SUFFIX_TEXT, expand_image_paths, scan_split
 from pneumo.data.images import Preprocess
+from pneumo.data.labels import scan_labels_split
 from pneumo.data.loader import PixelDataset, eval_batches, make_loader
 from pneumo.data.predictions import write_predictions
 from pneumo.data.prepare import DecodeSpec, decode_images, unusable_images
@@ -163,11 +164,15 @@ def evaluate_run(run_dir: Path, args: EvalSpec) -> dict:
     models = _load_models(run_dir, config, accelerator.device)
     methods = METHODS[args.adapt or "both"] if site else ()
     site_pixels = _site_pixels(run_dir, models, site[2], methods, args) if site else None
-    layout = scan_split(data_dir, split, tuple(models[0].meta["classes"]))
+    classes = tuple(models[0].meta["classes"])
+    labels_csv = config.get("labels") if args.data_dir is None else None  # the run's own data set
+    layout = (
+        scan_labels_split(data_dir, labels_csv, split, classes) if labels_csv else scan_split(data_dir, split, classes)
+    )
     if layout.ignored_note():
         console.log(layout.ignored_note())
     if not len(layout.splits[split]):
-        raise PneumoError(f"--split {split}: {data_dir / split} holds no .jpeg/.jpg/.png images")
+        raise PneumoError(f"--split {split}: {data_dir / split} holds no {SUFFIX_TEXT} images")
     classes, positive = layout.classes, int(models[0].meta["positive"])
     # Decoded as the models were trained: their size and preprocessing, this command's cache and processes.
     meta = models[0].meta

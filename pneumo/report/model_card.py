@@ -103,6 +103,7 @@ def _data(run_dir: Path, config: dict, results: dict, info: dict, folds: dict) -
     groups = [sum(row[c] for row in val_groups) for c in range(len(classes))]
     grouping = folds.get("grouping", "patient")
     source = "pneumo's generated synthetic set" if info.get("synthetic") else f"`{results.get('data_dir', '')}`"
+    labels = f"the CSV `{config['labels']}`" if config.get("labels") else "the class folders"
     rows = [("cross-validation pool", *pool, sum(pool), f"{sum(groups)} {grouping} groups")]
     for split, metrics, _ in _split_sections(run_dir, results):
         per_class = metrics.get("per_class", {})
@@ -111,7 +112,7 @@ def _data(run_dir: Path, config: dict, results: dict, info: dict, folds: dict) -
     lines = [
         "## Data",
         "",
-        f"Source: {source}. Labels are the class folders; the outcome is {results['positive_class']} "
+        f"Source: {source}. Labels are {labels}; the outcome is {results['positive_class']} "
         f"(positive) vs {', '.join(c for c in classes if c != results['positive_class'])}.",
         "",
         *_table(("set", *classes, "images", "grouping"), rows),

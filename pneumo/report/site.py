@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumo.data.cache import DecodedImages, decode_dataset, default_cache_dir
-from pneumo.data.dataset import scan
+from pneumo.data.labels import scan_data
 from pneumo.data.loader import PixelDataset
 from pneumo.report.run_outputs import RunOutputs, load_run
 from pneumo.report.sections import SECTIONS, Block, Inputs, Pixels, Plot, Section, Table
@@ -52,7 +52,7 @@ def run_pixels(
 
     data_dir = Path(config["data_dir"])
     try:
-        layout = scan(data_dir)
+        layout = scan_data(data_dir, config.get("labels"))
     except PneumoError as exc:
         console.warn(f"report without images: {exc}")
         return None

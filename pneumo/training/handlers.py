@@ -16,6 +16,7 @@ from pneumo.data.splits import Splits
 from pneumo.models.checkpoint import save_weights
 from pneumo.training.events import EpochEnd, Handler, Handlers
 from pneumo.training.recipe import TrainSpec
+from pneumo.training.trackers import TrackerLog, TrackerRun
 from pneumo.training.tracking import FoldLogger
 from pneumo.utils import console
 from pneumo.utils.fsutil import atomic_write_json
@@ -75,8 +76,10 @@ def fold_handlers(
     val_idx: np.ndarray,
     meta: dict[str, Any],
     history: list[dict[str, Any]],
+    tracker_runs: list[TrackerRun],
 ) -> Handlers:
     """The handlers of a training fold, in the order they act on each event."""
     handlers: list[Handler] = [SampleAudit(out, splits.files)] if spec.audit_samples else []
     handlers += [BestCheckpoint(out, meta, splits, val_idx), FoldLogger(out, history)]
+    handlers += [TrackerLog(tracker_runs, history)] if tracker_runs else []
     return Handlers([*handlers, EpochLine(spec.optim.epochs)])

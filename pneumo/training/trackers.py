@@ -20,10 +20,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from pneumo.training.events import EpochEnd, Handler
 from pneumo.utils.errors import PneumoError
 
 TRACKERS = ("tensorboard", "wandb", "mlflow")  # tensorboard: pneumo's own (tracking.py), always written
-_MLFLOW_BATCH = 100  # MLflow's limit of params per log_batch call
+_MLFLOW_BATCH = 100  # MLflow's limit of params per log_batch call (and of metrics: 1000)
 _MLFLOW_PARAM_CHARS = 6000  # and of a param value's length
 
 
@@ -111,7 +112,9 @@ class MlflowRun:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
+        rows = [Metric(k, v, now, step) for k, v in metrics.items()]
+        for start in range(0, len(rows), 10 * _MLFLOW_BATCH):
+            self.client.log_batch(self.run_id, metrics=rows[start : start + 10 * _MLFLOW_BATCH])
         self.last_step = step
 
     def finish(self, summary: Mapping[str, float]) -> None:
@@ -127,4 +130,33 @@ def open_runs(
     names: Iterable[str], run_dir: Path, group: str, name: str, job_type: str, config: Mapping[str, Any]
 ) -> list[TrackerRun]:
     """One run per external tracker in `names` (TensorBoard is written by pneumo itself)."""
-    return [_OPENERS[t](run_dir, group, name, job_type, config) for t in names if t in _OPENERS]
+    return [_OPENERS[t](run_dir, group, name, job_type, config) for t in resolve(names) if t in _OPENERS]
+
+
+def open_fold_runs(names: Iterable[str], run_dir: Path, fold: int, config: Mapping[str, Any]) -> list[TrackerRun]:
+    """Fold `fold`'s runs (NAME/foldK in group NAME, the run directory's name), with the run's config."""
+    return open_runs(names, run_dir, run_dir.name, f"{run_dir.name}/fold{fold}", "fold", config)
+
+
+def log_run(names: Iterable[str], run_dir: Path, config: Mapping[str, Any], results: Mapping[str, Any]) -> None:
+    """The run's final metrics (out-of-fold, ensemble per split, clinical) into NAME/ensemble."""
+    sections = {k: results[k] for k in ("oof", "ensemble", "clinical") if k in results}
+    for run in open_runs(names, run_dir, run_dir.name, f"{run_dir.name}/ensemble", "ensemble", config):
+        run.finish(flatten(sections))
+
+
+class TrackerLog(Handler):
+    """Each epoch record of a fold into its tracker runs (on resume, the saved history first)."""
+
+    def __init__(self, runs: list[TrackerRun], history: list[dict[str, Any]]) -> None:
+        self.runs = runs
+        for record in history:
+            self._log(record)
+
+    def epoch_end(self, event: EpochEnd) -> None:
+        self._log(event.record)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        metrics = flatten({k: v for k, v in record.items() if k != "epoch"})
+        for run in self.runs:
+            run.log(metrics, int(record["epoch"]))

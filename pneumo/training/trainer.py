@@ -31,6 +31,7 @@ from pneumo.training.group import FoldGroup, member_seed
 from pneumo.training.handlers import fold_handlers
 from pneumo.training.recipe import TrainSpec
 from pneumo.training.state import Progress, restore_progress, save_progress
+from pneumo.training.trackers import TrackerRun
 from pneumo.utils import console
 from pneumo.utils.errors import NonFiniteLossError
 from pneumo.utils.run_files import STATE, fold_dir
@@ -49,6 +50,8 @@ class FoldEnv:
     workers: int
     config: dict[str, Any] = field(default_factory=dict)
     group: FoldGroup = field(default_factory=lambda: FoldGroup((0,)))
+    trackers: tuple[str, ...] = ()  # --log-with
+    tracker_runs: list[TrackerRun] = field(default_factory=list)  # the current fold's (its leader's)
 
 
 @dataclass
@@ -103,7 +106,7 @@ def train_fold(
     meta.update(positive=splits.positive, mean=data.norm[0], std=data.norm[1])
     handlers = Handlers([])  # a group's leader writes the fold's files
     if group.is_leader:
-        handlers = fold_handlers(out, spec, splits, data.val_idx, meta, p.history)
+        handlers = fold_handlers(out, spec, splits, data.val_idx, meta, p.history, env.tracker_runs)
     try:
         while p.epoch < cfg.epochs:
             epoch_started = time.monotonic()

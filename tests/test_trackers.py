@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -66,7 +67,9 @@ def wandb_runs(run_dir: Path) -> dict[str, dict]:
 
 
 def mlflow_runs(run_dir: Path) -> dict[str, tuple]:
-    """name -> (run, client) of every MLflow run in the run directory's local store."""
+    """name -> (run, client) of every MLflow run in the run directory's local store (MLflow >= 3.7
+    reads a file store only when told to)."""
+    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
     client = MlflowClient((run_dir / "mlruns").resolve().as_uri())
     experiment = client.get_experiment_by_name("pneumo")
     return {r.info.run_name: (r, client) for r in client.search_runs([experiment.experiment_id])}

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pneumo.training.events import EpochEnd, Handler
+from pneumo.training.trackers import flatten
 from pneumo.utils.fsutil import atomic_write_text
 from pneumo.utils.run_files import METRICS_LOG, TENSORBOARD
 
@@ -35,17 +36,6 @@ HPARAMS = (
     "folds",
     "seed",
 )
-
-
-def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    out: dict[str, float] = {}
-    for key, value in record.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{name}/"))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[name] = float(value)
-    return out
 
 
 def fold_hparams(config: dict[str, Any], fold: int) -> dict[str, Any]:
@@ -87,7 +77,7 @@ class FoldLogger(Handler):
         self.history.append(record)
         self._write_file()
         step = int(record["epoch"])
-        for name, value in _flatten({k: v for k, v in record.items() if k != "epoch"}).items():
+        for name, value in flatten({k: v for k, v in record.items() if k != "epoch"}).items():
             self.writer.add_scalar(name, value, step)
         self.writer.flush()
 

@@ -103,6 +103,13 @@ def test_patient_clusters_follow_the_kermany_patient_key():
     assert len(set(clusters.tolist())) == 3
 
 
+def test_patient_clusters_take_a_labels_csv_patients_first():
+    files = ["a/1.png", "a/2.png", "b/3.png", "b/4.png"]
+    patient_of = {"a/1.png": "p7", "b/3.png": "p7", "a/2.png": "p8"}  # b/4.png not named: its file name
+    clusters = patient_clusters(files, np.array([0, 0, 1, 1]), ["x", "y"], patient_of)
+    assert clusters[0] == clusters[2] != clusters[1] and len(set(clusters.tolist())) == 3
+
+
 def test_a_class_with_one_patient_gives_estimates_without_intervals():
     labels = np.array([0, 0, 1, 1, 1])
     scores = np.array([0.1, 0.2, 0.7, 0.8, 0.9])

@@ -126,7 +126,7 @@ def test_train_and_evaluate_from_a_csv(tiny_data, cache_dir, tmp_path):
     for i, src in enumerate(sorted(tiny_data.rglob("*.jpeg"))):
         split, label = src.relative_to(tiny_data).parts[:2]
         (root / f"{i:03d}.jpeg").write_bytes(src.read_bytes())
-        rows.append(f"{i:03d}.jpeg,{label},pt{i // 2},{split}")
+        rows.append(f"{i:03d}.jpeg,{label},pt{(i + 1) // 2},{split}")  # pt6: a test and a train image
     csv_path = write_csv(tmp_path, "\n".join(rows) + "\n")
     out = tmp_path / "run"
     train(root, out, cache_dir, "--labels", str(csv_path), "--train-folds", "0", "1")
@@ -139,6 +139,9 @@ def test_train_and_evaluate_from_a_csv(tiny_data, cache_dir, tmp_path):
     test_rows = [r.split(",") for r in rows[1:] if r.endswith(",test")]
     predicted = {r["file"]: r["label"] for r in csv.DictReader((out / "predictions_test.csv").open())}
     assert predicted == {r[0]: r[1] for r in test_rows}
+    pool_patients = {patient[f] for f in folds["files"]}
+    same = {p["file"] for p in json.loads((out / "overlap.json").read_text())["pairs"] if p["kind"] == "same_patient"}
+    assert same == {r[0] for r in test_rows if patient[r[0]] in pool_patients} != set()  # the CSV's patients
     run_cli(["evaluate.py", str(out), "--cache-dir", str(cache_dir)])
     again = json.loads((out / "evaluation" / "test" / "results.json").read_text())
     assert again["ensemble"]["n"] == len(test_rows)

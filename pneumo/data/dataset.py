@@ -85,6 +85,11 @@ class Layout:
     def all_files(self) -> ImageSet:
         return ImageSet.concat(list(self.splits.values()))
 
+    def patient_of(self) -> dict[str, str] | None:
+        """file -> patient where a labels CSV names them (None: patients come from file names)."""
+        every = self.all_files()
+        return None if every.patients is None else dict(zip(every.files, every.patients))
+
     def ignored_note(self, show: int = 3) -> str | None:
         """One line naming the ignored files (the first `show` of them), or None if there are none."""
         if not self.ignored:

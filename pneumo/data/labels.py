@@ -12,7 +12,9 @@ classes, an unknown split.
 from __future__ import annotations
 
 import csv
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 
@@ -117,3 +119,11 @@ def scan_labels_split(root: str | Path, labels_csv: str | Path, split: str, clas
 def scan_data(root: str | Path, labels_csv: str | Path | None = None) -> Layout:
     """The data set at `root`: from its class folders, or from `labels_csv` when given."""
     return scan_labels(root, labels_csv) if labels_csv else scan(root)
+
+
+def labelled_patients(config: Mapping[str, Any]) -> dict[str, str] | None:
+    """file -> patient of a run trained with --labels, from its recorded data dir and CSV (None:
+    a run on class folders, or a CSV without a patient column)."""
+    if not config.get("labels"):
+        return None
+    return scan_labels(config["data_dir"], config["labels"]).patient_of()

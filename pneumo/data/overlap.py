@@ -4,7 +4,8 @@ Exact copies are found by the SHA-1 of the file bytes (recorded by the decode pa
 copies (re-encoded, resized) by a 256-bit DCT perceptual hash of the decoded, letterboxed
 pixels, the one `imagehash.phash(img, hash_size=16)` computes: area-downscale to 64x64, take
 the 16x16 lowest DCT-II frequencies, set a bit where a coefficient is above their median.
-Same-patient pairs come from `folds.patient_key` (the file-name patient id within a class).
+Same-patient pairs come from `Splits.patient` (a labels CSV's patient column, else the file-name
+patient id within a class, `folds.patient_key`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from collections.abc import Callable
 import numpy as np
 
 from pneumo.data.cache import DecodedImages
-from pneumo.data.folds import patient_key
 from pneumo.data.splits import Splits
 from pneumo.utils.errors import PneumoError
 
@@ -86,7 +86,7 @@ def find_overlap(decoded: DecodedImages, splits: Splits) -> list[dict]:
     by_patient: dict[str, list[int]] = defaultdict(list)
     for j, i in enumerate(pool):
         by_sha[decoded.sha1[i]].append(j)
-        by_patient[patient_key(splits.files[i], splits.classes[splits.labels[i]])].append(j)
+        by_patient[splits.patient(i)].append(j)
     pool_hash = _hashes(decoded, pool)
     step = max(1, _PAIRS_PER_STEP // max(1, len(pool)))
     pairs = []
@@ -98,7 +98,7 @@ def find_overlap(decoded: DecodedImages, splits: Splits) -> list[dict]:
                 file = splits.files[i]
                 identical = by_sha.get(decoded.sha1[i], ())
                 near = np.flatnonzero(dist[row] <= NEAR_DISTANCE).tolist()
-                key = patient_key(file, splits.classes[splits.labels[i]])
+                key = splits.patient(i)
                 patient = by_patient.get(key, ())
                 # Later kinds win: a copy of a patient's image is a copy, not merely the same patient.
                 kinds = dict.fromkeys(patient, "same_patient") | dict.fromkeys(near, "near")

@@ -10,7 +10,7 @@ import numpy as np
 
 from pneumo.data.cache import DecodedImages
 from pneumo.data.dataset import Layout
-from pneumo.data.folds import folds_record, make_folds
+from pneumo.data.folds import folds_record, make_folds, patient_key
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,13 @@ class Splits:
     fold_of: np.ndarray
     groups: np.ndarray
     evals: dict[str, np.ndarray]
+    patients: dict[str, str] | None = None  # file -> patient from a labels CSV
+
+    def patient(self, i: int) -> str:
+        """The patient of decoded image `i`: the labels CSV's, else its file-name key."""
+        if self.patients is not None:
+            return self.patients[self.files[i]]
+        return patient_key(self.files[i], self.classes[self.labels[i]])
 
     def fold_indices(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
         """(training, validation) decoded indices of `fold`."""
@@ -61,10 +68,9 @@ def build_splits(layout: Layout, decoded: DecodedImages, cfg: SplitSpec) -> Spli
     def usable(files: tuple[str, ...]) -> np.ndarray:
         return np.asarray([index[f] for f in files if index[f] not in decoded.errors], dtype=np.int64)
 
-    pool_set = layout.pool(cfg.keep_val_apart)
-    pool = usable(pool_set.files)
+    pool = usable(layout.pool(cfg.keep_val_apart).files)
     files = [decoded.files[i] for i in pool]
-    patient_of = None if pool_set.patients is None else dict(zip(pool_set.files, pool_set.patients))
+    patient_of = layout.patient_of()
     fold_of, groups = make_folds(
         files,
         labels[pool],
@@ -76,4 +82,6 @@ def build_splits(layout: Layout, decoded: DecodedImages, cfg: SplitSpec) -> Spli
         patients=None if patient_of is None else [patient_of[f] for f in files],
     )
     evals = {s: usable(layout.splits[s].files) for s in layout.eval_splits(cfg.keep_val_apart)}
-    return Splits(layout.classes, layout.positive_index, decoded.files, labels, pool, fold_of, groups, evals)
+    return Splits(
+        layout.classes, layout.positive_index, decoded.files, labels, pool, fold_of, groups, evals, patient_of
+    )

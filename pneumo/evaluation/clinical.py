@@ -17,6 +17,7 @@ import torch
 from rich.table import Table
 
 from pneumo.data.cache import DecodedImages
+from pneumo.data.labels import labelled_patients
 from pneumo.data.predictions import read_predictions
 from pneumo.evaluation.ensemble import mean_probs
 from pneumo.evaluation.results import gather_split, number
@@ -113,8 +114,10 @@ def clinical_section(
     seed = int(config.get("seed", 0))
     started = time.perf_counter()
 
+    patient_of = labelled_patients(config)
+
     def ci(files: Sequence[str], labels: np.ndarray, scores: np.ndarray) -> dict:
-        clusters = patient_clusters(files, labels, classes)
+        clusters = patient_clusters(files, labels, classes, patient_of)
         return bootstrap_metrics(labels, scores, positive, thresholds, clusters, resamples=resamples, seed=seed)
 
     section: dict[str, Any] = {"operating_point": op}
@@ -153,7 +156,8 @@ def clinical_section(
         "resamples": resamples,
         "confidence": 0.95,
         "method": "BCa (scipy.stats.bootstrap); percentile where BCa is undefined",
-        "unit": "patient (pneumo.data.folds.patient_key), resampled within each class",
+        "unit": "patient (a labels CSV's patient column, else pneumo.data.folds.patient_key), "
+        "resampled within each class",
         "seed": seed,
         "seconds": round(time.perf_counter() - started, 2),
     }

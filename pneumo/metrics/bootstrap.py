@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy import stats
@@ -27,9 +27,13 @@ CONFIDENCE = 0.95
 _BATCH_CELLS = 4_000_000  # resamples x images per vectorised call (~32 MB of float64 weights)
 
 
-def patient_clusters(files: Sequence[str], labels: np.ndarray, classes: Sequence[str]) -> np.ndarray:
-    """Integer patient id per image, from the Kermany file names (pneumo.data.folds.patient_key)."""
-    keys = [patient_key(f, classes[int(y)]) for f, y in zip(files, labels)]
+def patient_clusters(
+    files: Sequence[str], labels: np.ndarray, classes: Sequence[str], patient_of: Mapping[str, str] | None = None
+) -> np.ndarray:
+    """Integer patient id per image: from `patient_of` (a labels CSV's patient column) where it
+    names the file, else from the Kermany file names (pneumo.data.folds.patient_key)."""
+    patient_of = patient_of or {}
+    keys = [patient_of.get(f) or patient_key(f, classes[int(y)]) for f, y in zip(files, labels)]
     return np.unique(keys, return_inverse=True)[1]
 
 

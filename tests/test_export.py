@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import run_cli
 
-from pneumo.export import cli
+from pneumo.export import cli, export
 from pneumo.export.bundle import load_bundle
 from pneumo.export.formats import CARD_KEY, CONTRACT_KEY, read_extra, run_file, write_onnx
 from pneumo.export.graph import EnsembleGraph, view_grids
@@ -93,6 +93,17 @@ def test_onnx_without_the_extra_is_one_line_naming_it(run_one, tmp_path, monkeyp
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pneumo[export]" in err and "Traceback" not in err
     assert not (tmp_path / "e.onnx").exists()
+
+
+def test_a_file_that_fails_its_check_is_not_left_behind(run_one, tmp_path, monkeypatch, capsys):
+    """pneumo's own path made to disagree: the written file is refused and nothing stays in its folder."""
+    run_dir, _ = run_one
+    real = export.eager_probability
+    monkeypatch.setattr(export, "eager_probability", lambda bundle, pixels: real(bundle, pixels) + 1e-3)
+    out = tmp_path / "out"
+    assert cli.main([str(run_dir), "--format", "torchscript", "--output", str(out / "e.pt")]) == 2
+    assert "disagrees with pneumo's" in capsys.readouterr().err
+    assert list(out.iterdir()) == []
 
 
 def test_test_time_augmentation_views_export_as_pneumo_computes_them(run_one, tmp_path):

@@ -55,13 +55,23 @@ def export_run(run_dir: Path, fmt: str, output: Path | None = None) -> Exported:
     extra = {CONTRACT_KEY: json.dumps(contract), CARD_KEY: card}
     size = bundle.image_size
     example = torch.zeros(2, 1, size, size, dtype=torch.uint8)
-    (write_onnx if fmt == "onnx" else write_torchscript)(bundle.graph(), path, example, extra)
     pixels = np.random.default_rng(0).integers(0, 256, (CHECK_IMAGES, 1, size, size), dtype=np.uint8)
-    got, decided = run_file(path, pixels)
-    want = eager_probability(bundle, pixels)
-    diff = float(np.abs(got.astype(np.float64) - want).max())
-    if diff > TOLERANCE or not np.array_equal(decided, got >= contract["threshold"]):
-        raise PneumoError(f"{path}: the exported ensemble disagrees with pneumo's (max |dP| {diff:.2e}); not usable")
+    # Written and checked under a temporary name (same suffix: run_file reads the format from it), then renamed:
+    # a file that fails the check, or a write cut short, never stands under the final name.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        (write_onnx if fmt == "onnx" else write_torchscript)(bundle.graph(), partial, example, extra)
+        got, decided = run_file(partial, pixels)
+        want = eager_probability(bundle, pixels)
+        diff = float(np.abs(got.astype(np.float64) - want).max())
+        if diff > TOLERANCE or not np.array_equal(decided, got >= contract["threshold"]):
+            raise PneumoError(
+                f"{path}: the exported ensemble disagrees with pneumo's (max |dP| {diff:.2e}); not written"
+            )
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
     sidecar = path.with_name(f"{path.stem}.{MODEL_CARD}")
     shutil.copyfile(run_dir / MODEL_CARD, sidecar)
     return Exported(path, sidecar, path.stat().st_size, diff, contract)

@@ -42,32 +42,26 @@ def write_onnx(graph: nn.Module, path: Path, example: torch.Tensor, extra: dict[
     the file's metadata properties."""
     onnx = require("onnx")
     require("onnxruntime")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     axes = {name: {0: "batch"} for name in (INPUT, *OUTPUTS)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notices
         torch.onnx.export(
-            graph, (example,), str(tmp), dynamo=False, opset_version=OPSET,
+            graph, (example,), str(path), dynamo=False, opset_version=OPSET,
             input_names=[INPUT], output_names=list(OUTPUTS), dynamic_axes=axes,
         )  # fmt: skip
-    model = onnx.load(str(tmp))
+    model = onnx.load(str(path))
     for key, value in extra.items():
         model.metadata_props.add(key=key, value=value)
-    onnx.save(model, str(tmp))
-    tmp.replace(path)
+    onnx.save(model, str(path))
 
 
 def write_torchscript(graph: nn.Module, path: Path, example: torch.Tensor, extra: dict[str, str]) -> None:
     """Trace `graph` (the batch size stays free: the graph reads it from the input) and save it with
     `extra` as extra files."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(graph, (example,), check_trace=False)
-        torch.jit.save(traced, str(tmp), _extra_files=extra)
-    tmp.replace(path)
+        torch.jit.save(traced, str(path), _extra_files=extra)
 
 
 def run_file(path: Path, pixels: np.ndarray, threads: int = 0) -> tuple[np.ndarray, np.ndarray]:

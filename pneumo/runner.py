@@ -32,6 +32,7 @@ from pneumo.training.distributed import group_backend, wait_for, wait_for_everyo
 from pneumo.training.group import make_groups
 from pneumo.training.plan import FoldPlan, make_plan
 from pneumo.training.trackers import log_run, open_fold_runs
+from pneumo.training.trackers import prepare as prepare_trackers
 from pneumo.training.tracking import final_metrics
 from pneumo.training.trainer import FoldEnv, train_fold
 from pneumo.utils import console
@@ -106,6 +107,7 @@ def run_training(cfg: RunConfig, should_stop=lambda: False) -> int:
             atomic_write_json(run_dir / SKIPPED, data.bad)
         atomic_write_json(run_dir / AUDIT, data.audit)
         atomic_write_json(run_dir / OVERLAP, data.overlap)
+        prepare_trackers(cfg.run.log_with, run_dir)  # before any fold process opens its run
     wait_for_everyone(accelerator)
 
     trained = folds_to_train(cfg.to_config())

@@ -71,7 +71,7 @@ def mlflow_runs(run_dir: Path) -> dict[str, tuple]:
     reads a file store only when told to)."""
     os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
     client = MlflowClient((run_dir / "mlruns").resolve().as_uri())
-    experiment = client.get_experiment_by_name("pneumo")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "pneumo"]  # one, not one per process
     return {r.info.run_name: (r, client) for r in client.search_runs([experiment.experiment_id])}
 
 

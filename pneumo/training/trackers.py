@@ -88,19 +88,9 @@ class MlflowRun:
 
     def __init__(self, run_dir: Path, group: str, name: str, job_type: str, config: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
-        from mlflow.exceptions import MlflowException
-        from mlflow.tracking import MlflowClient
 
-        uri = os.environ.get("MLFLOW_TRACKING_URI")
-        if not uri:  # MLflow >= 3.7 keeps the file store for those who opt in; it needs no server or database
-            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-            uri = (run_dir / "mlruns").resolve().as_uri()
-        self.client = MlflowClient(uri)
-        experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME", "pneumo")
-        try:  # fold processes may race to create it
-            eid = self.client.create_experiment(experiment)
-        except MlflowException:
-            eid = self.client.get_experiment_by_name(experiment).experiment_id
+        self.client = _mlflow_client(run_dir)
+        eid = _mlflow_experiment(self.client)
         tags = {"pneumo.run": group, "pneumo.job": job_type}
         self.run_id = self.client.create_run(eid, run_name=name, tags=tags).info.run_id
         params = [Param(k, str(v)[:_MLFLOW_PARAM_CHARS]) for k, v in sorted(config.items()) if v is not None]
@@ -121,6 +111,33 @@ class MlflowRun:
         if summary:
             self.log(summary, self.last_step)
         self.client.set_terminated(self.run_id)
+
+
+def _mlflow_client(run_dir: Path) -> Any:
+    """A client of MLFLOW_TRACKING_URI, else of the local file store RUN/mlruns (MLflow >= 3.7 keeps
+    the file store for those who opt in; it needs no server or database)."""
+    from mlflow.tracking import MlflowClient
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        uri = (run_dir / "mlruns").resolve().as_uri()
+    return MlflowClient(uri)
+
+
+def _mlflow_experiment(client: Any) -> str:
+    """The id of experiment MLFLOW_EXPERIMENT_NAME (default 'pneumo'), created if missing."""
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "pneumo")
+    found = client.get_experiment_by_name(name)
+    return found.experiment_id if found else client.create_experiment(name)
+
+
+def prepare(names: Iterable[str], run_dir: Path) -> None:
+    """What must exist before fold processes open their runs at once: the MLflow experiment (two
+    processes creating it together can make two of one name in a file store). The main process
+    calls this before the fold processes start."""
+    if "mlflow" in resolve(names):
+        _mlflow_experiment(_mlflow_client(run_dir))
 
 
 _OPENERS = {"wandb": WandbRun, "mlflow": MlflowRun}

@@ -90,6 +90,7 @@ def test_overwrite_is_refused_while_another_launch_trains_a_fold_of_the_run(tiny
     (out / "fold0").mkdir(parents=True)
     (out / "config.yaml").write_text(yaml.safe_dump({"folds": 5}))  # a run, as far as --overwrite looks
     (out / "fold0" / "result.json").write_text(json.dumps({"fold": 0, "status": "done"}))
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "claim.lock"}
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD_FOLD_2, str(out)], cwd=ROOT, stdout=subprocess.PIPE, text=True
     )
@@ -101,7 +102,8 @@ def test_overwrite_is_refused_while_another_launch_trains_a_fold_of_the_run(tiny
         holder.wait()
     assert proc.returncode == 2
     assert "--overwrite: fold 2 of" in proc.stderr and f"pid {holder.pid}" in proc.stderr
-    assert (out / "fold0" / "result.json").exists()  # nothing was deleted
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "claim.lock"}
+    assert after == before  # nothing deleted or rewritten
 
 
 HOLD_FOLD_2 = """

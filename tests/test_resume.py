@@ -214,11 +214,12 @@ def test_finished_folds_are_skipped_on_resume(reference, data, cache):
 
 
 def test_a_different_config_is_refused_naming_the_keys(reference, data, cache):
+    before = {p: p.read_bytes() for p in reference.rglob("*") if p.is_file()}
     proc = run_cli(train_args(data, reference, cache, *RESUME_ARGS, "--lr", "0.01", "--epochs", "4"), check=False)
     assert proc.returncode == 2
     assert "epochs: 2 -> 4" in proc.stderr and "lr: 0.001 -> 0.01" in proc.stderr
     assert "--overwrite" in proc.stderr
-    assert (reference / "results.json").exists()
+    assert {p: p.read_bytes() for p in reference.rglob("*") if p.is_file()} == before  # the run untouched
 
 
 FAKE_SRUN = """#!/bin/bash

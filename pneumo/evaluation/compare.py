@@ -16,6 +16,7 @@ from rich.table import Table
 from pneumo.evaluation.clinical import ci_text, run_clinical_section
 from pneumo.utils.errors import PneumoError
 from pneumo.utils.fsutil import atomic_write_text, read_json
+from pneumo.utils.markdown import markdown_table
 from pneumo.utils.run_files import METRICS_LOG, RESULTS, fold_dir, read_config
 
 METRICS = (("accuracy", "acc"), ("roc_auc", "AUC"), ("sensitivity", "sens"), ("specificity", "spec"))
@@ -104,10 +105,7 @@ def comparison_table(rows: list[dict[str, Any]], split: str = "test") -> Table:
 
 
 def comparison_markdown(rows: list[dict[str, Any]], split: str = "test") -> str:
-    columns = _columns(split)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cells(row, split)) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    return "\n".join(markdown_table(_columns(split), [_cells(row, split) for row in rows])) + "\n"
 
 
 def comparison_csv(rows: list[dict[str, Any]], split: str = "test") -> str:

@@ -9,11 +9,11 @@ evaluation/*/results.json. Sections that a file does not support say so instead 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from pneumo.evaluation.clinical import ci_text
 from pneumo.evaluation.results import number
 from pneumo.utils.fsutil import atomic_write_text, read_json
+from pneumo.utils.markdown import markdown_table
 from pneumo.utils.run_files import AUDIT, CONFIG, FOLDS, RESULTS, RUN_INFO, read_config
 
 MODEL_CARD = "MODEL_CARD.md"
@@ -48,11 +48,6 @@ TRIPOD = (
     ("27", "usability in current care", "Intended use; Out-of-scope use"),
 )
 NOT_ANSWERED = "5b dates, 6a-c setting/eligibility/treatments, 14 fairness (no demographics), 17-19, 22-24"
-
-
-def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
 
 def _read(path: Path) -> dict:
@@ -115,7 +110,7 @@ def _data(run_dir: Path, config: dict, results: dict, info: dict, folds: dict) -
         f"Source: {source}. Labels are {labels}; the outcome is {results['positive_class']} "
         f"(positive) vs {', '.join(c for c in classes if c != results['positive_class'])}.",
         "",
-        *_table(("set", *classes, "images", "grouping"), rows),
+        *markdown_table(("set", *classes, "images", "grouping"), rows),
         "",
         f"{results['n_folds']} folds, stratified and grouped by {grouping} (images of one {grouping} never span "
         f"folds); images per fold and class: {val_counts}. Evaluation splits are never used for training, "
@@ -149,7 +144,9 @@ def _model(results: dict, config: dict) -> list[str]:
         "",
         "## Recipe",
         "",
-        *_table(("setting", "value"), [(k, f"`{config[k]}`") for k in RECIPE_KEYS if config.get(k) is not None]),
+        *markdown_table(
+            ("setting", "value"), [(k, f"`{config[k]}`") for k in RECIPE_KEYS if config.get(k) is not None]
+        ),
         "",
         "Augmentation: " + ", ".join(f"{k} {config[k]}" for k in sorted(config) if k.startswith("aug_")) + ".",
         "",
@@ -184,7 +181,7 @@ def _performance(run_dir: Path, results: dict) -> list[str]:
         f"out-of-fold sensitivity {number(d.get('oof_sensitivity'))}, specificity {number(d.get('oof_specificity'))}.",
         "",
         *(
-            _table(("alternative policy", "threshold", "OOF sensitivity", "OOF specificity"), alt_rows)
+            markdown_table(("alternative policy", "threshold", "OOF sensitivity", "OOF specificity"), alt_rows)
             if alt_rows
             else []
         ),
@@ -194,7 +191,7 @@ def _performance(run_dir: Path, results: dict) -> list[str]:
         f"The ensemble at the operating point, with 95% confidence intervals ({boot.get('method', 'bootstrap')}, "
         f"{boot.get('resamples', '?')} resamples, unit: {boot.get('unit', '?')}):",
         "",
-        *_table(header, rows),
+        *markdown_table(header, rows),
         "",
         f"Per fold on its own validation images (mean ± SD over folds): {cv_text}.",
         "",
@@ -214,7 +211,7 @@ def _calibration(results: dict) -> list[str]:
         f"ECE / Brier score of P({results['positive_class']}) per set, as output and after each recalibration "
         f"fitted on {cal.get('fitted_on', 'out-of-fold predictions')} ({cal.get('ece_bins', '')}):",
         "",
-        *_table(("set", *methods), rows),
+        *markdown_table(("set", *methods), rows),
         "",
     ]
 
@@ -290,7 +287,7 @@ def model_card(run_dir: Path) -> str:
         *_provenance(info),
         "## TRIPOD+AI items answered",
         "",
-        *_table(("item", "topic", "section"), list(TRIPOD)),
+        *markdown_table(("item", "topic", "section"), list(TRIPOD)),
         "",
         f"Not answered by a run's files: {NOT_ANSWERED}.",
         "",

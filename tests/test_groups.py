@@ -4,6 +4,8 @@ on a group of processes taking the same steps as the fold trained by one process
 from __future__ import annotations
 
 import contextlib
+import copy
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from pneumo.data.mixing import MixSpec, mix_batch
 from pneumo.training.engine import EpochTotals, Trainable, batch_loss, train_one_epoch
 from pneumo.training.group import FoldGroup
 from pneumo.training.plan import fold_time, make_plan
+from pneumo.training.shm_reduce import DISABLE_ENV, use_shared_memory
 
 
 def _rounds(plan) -> list[list[tuple[int, tuple[int, ...]]]]:
@@ -144,7 +147,8 @@ def _member(rank: int, size: int, store: str, out: str) -> None:
     group = FoldGroup(tuple(range(size)), rank, torch.distributed.new_group(list(range(size))))
     weights, totals = _train(group)
     if rank == 0:
-        torch.save({"weights": weights, "loss": totals.loss, "preds": totals.preds, "labels": totals.labels}, out)
+        saved = {"weights": weights, "loss": totals.loss, "preds": totals.preds, "labels": totals.labels}
+        torch.save({**saved, "averaging": group.averaging}, out)
     torch.distributed.destroy_process_group()
 
 
@@ -155,6 +159,7 @@ def test_a_fold_on_a_group_takes_the_same_steps_as_the_fold_alone(tmp_path: Path
     out = tmp_path / "group.pt"
     mp.spawn(_member, args=(size, str(tmp_path / "store"), str(out)), nprocs=size, join=True)
     grouped = torch.load(out)
+    assert grouped["averaging"] == "shared memory"
     assert grouped["labels"] == totals.labels and grouped["preds"] == totals.preds
     assert grouped["loss"] == pytest.approx(totals.loss, rel=1e-5)
     for name, w in alone.items():
@@ -177,3 +182,48 @@ def test_the_docs_table_of_fold_plans_is_what_the_planner_makes():
             plan.ideal(),
             old.wall(),
         )
+
+
+# The shared-memory average against gloo's own all-reduce of the same local gradients: a model of
+# several DDP buckets (small cap), over three steps (both buffer parities, buckets rebuilt after the first).
+def _hook_member(rank: int, size: int, store: str, out: str, disabled_rank: int) -> None:
+    torch.set_num_threads(1)
+    if rank == disabled_rank:
+        os.environ[DISABLE_ENV] = "1"
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=size)
+    group = FoldGroup(tuple(range(size)), rank, torch.distributed.new_group(list(range(size))))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 2))
+    plain = copy.deepcopy(model)
+    ddp = torch.nn.parallel.DistributedDataParallel(model, process_group=group.pg, bucket_cap_mb=0.1)
+    shared = use_shared_memory(ddp, group)
+    report = {"shared": shared is not None, "left": shared is not None and shared.path.exists(), "steps": []}
+    for step in range(3):
+        x = torch.randn(16, 64, generator=torch.Generator().manual_seed(100 * step + rank))
+        model.zero_grad(), plain.zero_grad()
+        ddp(x).square().mean().backward()
+        plain(x).square().mean().backward()
+        oracle = []
+        for p in plain.parameters():
+            torch.distributed.all_reduce(p.grad, group=group.pg)
+            oracle.append(p.grad / size)
+        report["steps"].append([(p.grad.clone(), o) for p, o in zip(model.parameters(), oracle, strict=True)])
+    if rank == 0:
+        torch.save(report, out)
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize(("size", "disabled_rank"), [(2, -1), (3, -1), (2, 1)])
+def test_shared_memory_averaging_matches_gloos_all_reduce(tmp_path: Path, size: int, disabled_rank: int):
+    out = tmp_path / "hook.pt"
+    mp.spawn(_hook_member, args=(size, str(tmp_path / "store"), str(out), disabled_rank), nprocs=size, join=True)
+    report = torch.load(out)
+    assert report["shared"] == (disabled_rank < 0)  # one member unable: no member uses it
+    assert not report["left"]  # the file behind the buffer is unlinked once mapped
+    assert len(report["steps"]) == 3
+    for step in report["steps"]:
+        for got, want in step:
+            if size == 2:  # a + b in either order: bitwise gloo's
+                assert torch.equal(got, want)
+            else:
+                torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from pneumo.training.plan import FoldPlan
+from pneumo.training.shm_reduce import use_shared_memory
 
 
 @dataclass
@@ -29,6 +30,7 @@ class FoldGroup:
     rank: int = 0
     pg: Any = None  # the group's torch.distributed ProcessGroup; None for a group of one
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    averaging: str = ""  # how `data_parallel` averages gradients: "shared memory" or the backend's all-reduce
 
     @property
     def size(self) -> int:
@@ -96,9 +98,13 @@ class FoldGroup:
         # torch >= 2.13 names that forward_sync_buffers (broadcast_buffers is deprecated).
         no_sync = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
         buffers = {"forward_sync_buffers": False} if no_sync else {"broadcast_buffers": False}
-        return DistributedDataParallel(
+        ddp = DistributedDataParallel(
             model, device_ids=ids, process_group=self.pg, find_unused_parameters=find_unused, **buffers
         )
+        # CPU members on one host average through shared memory instead of gloo's TCP loopback.
+        shared = use_shared_memory(ddp, self) is not None
+        self.averaging = "shared memory" if shared else f"{torch.distributed.get_backend(self.pg)} all-reduce"
+        return ddp
 
 
 def sync_batchnorm(model: nn.Module, group: FoldGroup) -> nn.Module:

@@ -95,6 +95,8 @@ def train_fold(
     class_counts = np.bincount(splits.labels[data.train_idx], minlength=len(splits.classes))
     t = build_trainable(spec, env.device, env.mixed_precision, class_counts, n_steps, group)
     if group.size > 1:
+        if group.is_leader:
+            console.log(f"fold {fold}: gradients averaged over {group.size} processes through {group.averaging}")
         torch.manual_seed(member_seed(init_seed, group))  # each member's own dropout draws for its rows
     sampler, aug = torch.Generator().manual_seed(sampler_seed), torch.Generator().manual_seed(aug_seed)
     if (out / STATE).exists():

@@ -4,8 +4,9 @@
     python benchmarks/scaling.py                      # 2 CPU processes x 5 folds, both fold plans
     python benchmarks/scaling.py --processes 4 --device-note "4 x H100"   # on a GPU node
 
-Launches train.py twice with N processes into fresh run directories, once with the round-robin
-rule (fold i on process i mod N) and once with the grouped plan, same data and recipe. From each
+Launches train.py three times with N processes into fresh run directories, same data and recipe:
+the round-robin rule (fold i on process i mod N), the grouped plan, and the grouped plan with its
+CPU groups on gloo's all-reduce instead of shared memory (`PNEUMO_SHM_DISABLE=1`). From each
 fold's result.json (its seconds and when it was written) it takes:
 - fold work T: the mean time of a fold trained alone on one process (folds trained alone while
   the other processes train theirs, so contention is counted),
@@ -95,6 +96,14 @@ def predictions(folds: int, efficiency: float, counts: tuple[int, ...] = (2, 4, 
     return rows
 
 
+# (name, --fold-plan, environment): the grouped plan as shipped, and with gloo's all-reduce for its groups.
+LAUNCHES = (
+    ("round-robin", "round-robin", {}),
+    ("grouped", "grouped", {}),
+    ("grouped-gloo", "grouped", {"PNEUMO_SHM_DISABLE": "1"}),
+)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--processes", type=int, default=2, help="processes per launch")
@@ -105,7 +114,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=6, help="epochs per fold")
     p.add_argument("--batch-size", type=int, default=32, help="batch size (global, per fold)")
     p.add_argument("--mixed-precision", default="no", choices=("no", "bf16", "fp16"), help="autocast dtype")
-    p.add_argument("--runs-dir", default=None, help="where the two runs go (default: a temporary directory)")
+    p.add_argument("--runs-dir", default=None, help="where the three runs go (default: a temporary directory)")
     p.add_argument("--device-note", default=None, help="what ran it, for the JSON (default: this CPU)")
     p.add_argument("--json", default=None, help="results file (default benchmarks/results/scaling-<device>.json)")
     a = p.parse_args()
@@ -133,10 +142,11 @@ def main() -> None:
     if a.data_dir:
         common += ["--data-dir", a.data_dir]
     measured = {}
-    for plan in ("round-robin", "grouped"):
-        out = runs / plan
-        seconds = launch(a.processes, [*common, "--output-dir", str(out), "--fold-plan", plan], runs / f"{plan}.log")
-        measured[plan] = {**summarise(fold_times(out, a.folds), a.processes), "launch_seconds": round(seconds, 1)}
+    for name, plan, env in LAUNCHES:
+        out = runs / name
+        args = [*common, "--output-dir", str(out), "--fold-plan", plan]
+        seconds = launch(a.processes, args, runs / f"{name}.log", env)
+        measured[name] = {**summarise(fold_times(out, a.folds), a.processes), "launch_seconds": round(seconds, 1)}
     efficiency = measured["grouped"]["efficiency_per_doubling"] or DP_EFFICIENCY
     device = a.device_note or f"cpu ({platform.machine()}, {os.cpu_count()} CPUs)"
     result = {
@@ -151,11 +161,12 @@ def main() -> None:
         "predicted_with_assumed_efficiency": predictions(a.folds, DP_EFFICIENCY),
     }
     print(f"\n{a.processes} processes x {a.folds} folds on {device}; {a.model} {a.image_size} px, {a.epochs} epochs")
-    print(f"{'plan':<12} {'fold work s':>11} {'wall s':>8} {'ideal s':>8} {'wall/ideal':>10}")
+    print(f"{'plan':<12} {'fold work s':>11} {'wall s':>8} {'ideal s':>8} {'wall/ideal':>10} {'grouped eff':>11}")
     for plan, m in measured.items():
+        eff = m["efficiency_per_doubling"]
         print(
             f"{plan:<12} {m['fold_work_seconds']:>11.1f} {m['wall_seconds']:>8.1f} {m['ideal_seconds']:>8.1f} "
-            f"{m['ratio']:>10.3f}"
+            f"{m['ratio']:>10.3f} {'' if eff is None else f'{eff:.3f}':>11}"
         )
     print(
         f"\ngrouped folds: {measured['grouped']['grouped_folds']}; data-parallel efficiency per doubling "

@@ -201,6 +201,7 @@ def test_a_grouped_fold_interrupted_mid_epoch_resumes_to_the_uninterrupted_resul
     resumed = run_cli(train_args(data, out, cache, *RESUME_ARGS, *GROUPED), processes=2)
     line = next(s for s in resumed.stdout.splitlines() if "fold 0: resuming" in s)
     assert "epoch 2" in line
+    assert "fold 0: gradients averaged over 2 processes through shared memory" in resumed.stdout
     if how == "sigusr1-both":
         assert int(line.rsplit("step ", 1)[1]) > 0
     _assert_same_fold(out, grouped_reference, 0)

@@ -2,8 +2,9 @@
 
 Every member draws the fold's whole batch (same sampler and augmentation streams as one
 process), trains on its own rows of it, and averages gradients inside the group only (DDP on
-the group's own `torch.distributed` group; through shared memory for CPU members on one host). The leader (the group's first rank) writes the
-fold's files. A group of one is the plain one-process fold: nothing is wrapped or exchanged.
+the group's own `torch.distributed` group; through shared memory for CPU members on one host).
+The leader (the group's first rank) writes the fold's files. A group of one is the plain
+one-process fold: nothing is wrapped or exchanged.
 """
 
 from __future__ import annotations

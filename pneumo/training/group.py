@@ -99,8 +99,15 @@ class FoldGroup:
         # torch >= 2.13 names that forward_sync_buffers (broadcast_buffers is deprecated).
         no_sync = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
         buffers = {"forward_sync_buffers": False} if no_sync else {"broadcast_buffers": False}
+        # On CPU the gradients are views of DDP's buckets: the averaged bucket is the gradient, one
+        # memory pass less per step (the shared-memory hook averages in place).
         ddp = DistributedDataParallel(
-            model, device_ids=ids, process_group=self.pg, find_unused_parameters=find_unused, **buffers
+            model,
+            device_ids=ids,
+            process_group=self.pg,
+            find_unused_parameters=find_unused,
+            gradient_as_bucket_view=self.device.type == "cpu",
+            **buffers,
         )
         # CPU members on one host average through shared memory instead of gloo's TCP loopback.
         shared = use_shared_memory(ddp, self) is not None

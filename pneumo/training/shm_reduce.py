@@ -2,10 +2,11 @@
 
 gloo all-reduces a group's gradients over TCP loopback, even between processes of one machine: on a
 2-core CPU that is ~60 ms of a ~450 ms resnet18 step that cannot hide behind a backward pass that
-already uses every core. This DDP communication hook instead has every member copy each gradient
-bucket into its own slot of one shared buffer, meet the others at a barrier, and sum the slots in
-rank order: a few memory passes. Every member computes the same sum in the same order, so the
-members' weights stay bitwise equal; for two members it equals gloo's (a + b is commutative).
+already uses every core. This DDP communication hook instead has every member write each gradient
+bucket, divided by the group's size, into its own slot of one shared buffer, meet the others at a
+barrier, and sum the slots in rank order into the bucket: two memory passes. Every member computes
+the same sum in the same order, so the members' weights stay bitwise equal; for two members it
+equals gloo's average (halving is exact and a + b is commutative).
 
 Used automatically for CPU groups whose members share a host and a /dev/shm with room for the
 buffer; `PNEUMO_SHM_DISABLE=1` (like NCCL_SHM_DISABLE) keeps gloo's all-reduce.
@@ -54,13 +55,14 @@ class SharedGradients:
         if hi > self.numel or buf.dtype != self.dtype:
             raise RuntimeError(f"gradient bucket {bucket.index()} does not fit the shared buffer ({hi} > {self.numel})")
         slots = self.slots[self.parity, :, lo:hi]
-        slots[self.group.rank].copy_(buf.reshape(-1))
+        # Two memory passes: scale into the slot, then sum the slots into the bucket. For two members
+        # a / 2 + b / 2 is bitwise (a + b) / 2 (halving is exact), i.e. gloo's average.
+        torch.div(buf.reshape(-1), self.group.size, out=slots[self.group.rank])
         self.group.barrier()
         flat = buf.view(-1)
-        flat.copy_(slots[0])
-        for member in range(1, self.group.size):
+        torch.add(slots[0], slots[1], out=flat)
+        for member in range(2, self.group.size):
             flat.add_(slots[member])
-        flat.div_(self.group.size)
         self.offset = hi
         if bucket.is_last():  # DDP reduces buckets in index order; the next bucket starts a new step
             self.parity, self.offset = 1 - self.parity, 0

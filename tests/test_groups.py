@@ -20,7 +20,7 @@ from pneumo.data.mixing import MixSpec, mix_batch
 from pneumo.training.engine import EpochTotals, Trainable, batch_loss, train_one_epoch
 from pneumo.training.group import FoldGroup
 from pneumo.training.plan import fold_time, make_plan
-from pneumo.training.shm_reduce import DISABLE_ENV, use_shared_memory
+from pneumo.training.shm_reduce import DISABLE_ENV
 
 
 def _rounds(plan) -> list[list[tuple[int, tuple[int, ...]]]]:
@@ -115,7 +115,7 @@ def _model() -> nn.Module:
 
 def _train(group: FoldGroup) -> tuple[dict, EpochTotals]:
     model = _model().to(memory_format=torch.channels_last)
-    forward = model if group.size == 1 else group.data_parallel(model, find_unused=False)
+    forward, average = (model, None) if group.size == 1 else group.data_parallel(model, find_unused=False)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)  # unlike Adam, sensitive to the gradient scale
     t = Trainable(
         model,
@@ -127,6 +127,7 @@ def _train(group: FoldGroup) -> tuple[dict, EpochTotals]:
         AugmentSpec(scale_min=0.85, scale_max=1.2, gamma=0.6, blur_p=0.5, blur_sigma=1.0, noise_p=0.5, noise_std=0.03),
         MixSpec(0.4, 1.0),
         plain_eval=group.size > 1,
+        average_gradients=average,
     )
     rng = np.random.default_rng(1)
     pixels = torch.from_numpy(rng.integers(0, 255, (40, 1, SIZE, SIZE), dtype=np.uint8))
@@ -184,46 +185,62 @@ def test_the_docs_table_of_fold_plans_is_what_the_planner_makes():
         )
 
 
-# The shared-memory average against gloo's own all-reduce of the same local gradients: a model of
-# several DDP buckets (small cap), over three steps (both buffer parities, buckets rebuilt after the first).
-def _hook_member(rank: int, size: int, store: str, out: str, disabled_rank: int) -> None:
+# The shared-memory average against gloo's own all-reduce of the same local gradients, over four
+# steps (both buffer parities): a channels-last convolution (strided gradients), and in the third
+# step a frozen first layer (parameters without gradients are skipped, alike on every member).
+def _average_member(rank: int, size: int, store: str, out: str, disabled_rank: int) -> None:
     torch.set_num_threads(1)
     if rank == disabled_rank:
         os.environ[DISABLE_ENV] = "1"
     torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=size)
     group = FoldGroup(tuple(range(size)), rank, torch.distributed.new_group(list(range(size))))
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 2))
+    torch.manual_seed(rank)  # different weights on each member: the leader's are broadcast
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 36, 64), nn.Linear(64, 2))
+    model.to(memory_format=torch.channels_last)
+    forward, average = group.data_parallel(model, find_unused=True)
     plain = copy.deepcopy(model)
-    ddp = torch.nn.parallel.DistributedDataParallel(model, process_group=group.pg, bucket_cap_mb=0.1)
-    shared = use_shared_memory(ddp, group)
-    report = {"shared": shared is not None, "left": shared is not None and shared.path.exists(), "steps": []}
-    for step in range(3):
-        x = torch.randn(16, 64, generator=torch.Generator().manual_seed(100 * step + rank))
-        model.zero_grad(), plain.zero_grad()
-        ddp(x).square().mean().backward()
-        plain(x).square().mean().backward()
+    left = average is not None and average.__self__.path.exists()  # the SharedGradients behind it
+    report = {"shared": average is not None, "left": left, "steps": [], "conv_grad_stride": None}
+    for step in range(4):
+        model[0].requires_grad_(step != 2), plain[0].requires_grad_(step != 2)
+        x = torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(100 * step + rank))
+        model.zero_grad(set_to_none=True), plain.zero_grad(set_to_none=True)
+        forward(x.to(memory_format=torch.channels_last)).square().mean().backward()
+        if average is not None:
+            average()
+        plain(x.to(memory_format=torch.channels_last)).square().mean().backward()
         oracle = []
         for p in plain.parameters():
-            torch.distributed.all_reduce(p.grad, group=group.pg)
-            oracle.append(p.grad / size)
-        report["steps"].append([(p.grad.clone(), o) for p, o in zip(model.parameters(), oracle, strict=True)])
-    if rank == 0:
-        torch.save(report, out)
+            if p.grad is not None:
+                torch.distributed.all_reduce(p.grad, group=group.pg)
+            oracle.append(None if p.grad is None else p.grad / size)
+        got = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+        report["steps"].append(list(zip(got, oracle, strict=True)))
+        report["conv_grad_stride"] = report["conv_grad_stride"] or model[0].weight.grad.stride()
+    report["weights"] = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.save(report, f"{out}.{rank}")
     torch.distributed.destroy_process_group()
 
 
 @pytest.mark.parametrize(("size", "disabled_rank"), [(2, -1), (3, -1), (2, 1)])
 def test_shared_memory_averaging_matches_gloos_all_reduce(tmp_path: Path, size: int, disabled_rank: int):
-    out = tmp_path / "hook.pt"
-    mp.spawn(_hook_member, args=(size, str(tmp_path / "store"), str(out), disabled_rank), nprocs=size, join=True)
-    report = torch.load(out)
+    out = tmp_path / "average.pt"
+    mp.spawn(_average_member, args=(size, str(tmp_path / "store"), str(out), disabled_rank), nprocs=size, join=True)
+    reports = [torch.load(f"{out}.{rank}") for rank in range(size)]
+    report = reports[0]
     assert report["shared"] == (disabled_rank < 0)  # one member unable: no member uses it
     assert not report["left"]  # the file behind the buffer is unlinked once mapped
-    assert len(report["steps"]) == 3
+    assert len(report["steps"]) == 4
+    assert report["conv_grad_stride"] == (27, 1, 9, 3)  # channels-last: the strided slot views are used
+    assert [g is None for g, _ in report["steps"][2]] == [True, True, False, False, False, False]
     for step in report["steps"]:
         for got, want in step:
-            if size == 2:  # a + b in either order: bitwise gloo's
+            if want is None:
+                assert got is None
+            elif size == 2:  # a + b in either order: bitwise gloo's
                 assert torch.equal(got, want)
             else:
                 torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    for other in reports[1:]:  # every member ends with the same weights
+        for name, w in report["weights"].items():
+            assert torch.equal(other["weights"][name], w), name

@@ -70,8 +70,10 @@ def build_trainable(
         weight = torch.as_tensor(
             class_counts.sum() / (len(class_counts) * class_counts), dtype=torch.float32, device=device
         )
-    # Frozen backbone epochs leave parameters without gradients, which DDP must be told about.
-    forward = model if group.size == 1 else group.data_parallel(model, find_unused=cfg.freeze_epochs > 0)
+    forward, average = model, None
+    if group.size > 1:
+        # Frozen backbone epochs leave parameters without gradients, which DDP must be told about.
+        forward, average = group.data_parallel(model, find_unused=cfg.freeze_epochs > 0)
     forward = torch.compile(forward) if cfg.compile else forward
     ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True, warmup_power=3 / 4) if cfg.ema_decay else None
     return Trainable(
@@ -85,6 +87,7 @@ def build_trainable(
         MixSpec(cfg.mixup, cfg.cutmix),
         ema,
         plain_eval=group.size > 1,
+        average_gradients=average,
     )
 
 

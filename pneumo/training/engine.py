@@ -53,6 +53,7 @@ class Trainable:
     mix: MixSpec = field(default_factory=MixSpec)
     ema: nn.Module | None = None  # timm ModelEmaV3, updated after every optimizer step
     plain_eval: bool = False  # evaluate `model` rather than `forward` (a data-parallel wrapper)
+    average_gradients: Callable[[], None] | None = None  # a group's averaging after backward (else none, or DDP's)
 
     @property
     def eval_model(self) -> nn.Module:
@@ -103,6 +104,8 @@ def train_one_epoch(
             raise NonFiniteLossError(f"training loss became {value} at step {totals.step + 1} of the epoch")
         t.optimizer.zero_grad(set_to_none=True)
         t.scaler.scale(loss).backward()
+        if t.average_gradients is not None:
+            t.average_gradients()
         t.scaler.step(t.optimizer)
         scale = t.scaler.get_scale()
         t.scaler.update()

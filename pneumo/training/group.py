@@ -2,7 +2,8 @@
 
 Every member draws the fold's whole batch (same sampler and augmentation streams as one
 process), trains on its own rows of it, and averages gradients inside the group only (DDP on
-the group's own `torch.distributed` group; through shared memory for CPU members on one host).
+the group's own `torch.distributed` group; after backward, through shared memory, for CPU members
+on one host).
 The leader (the group's first rank) writes the fold's files. A group of one is the plain
 one-process fold: nothing is wrapped or exchanged.
 """
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from pneumo.training.plan import FoldPlan
-from pneumo.training.shm_reduce import use_shared_memory
+from pneumo.training.shm_reduce import shared_gradients
 
 
 @dataclass
@@ -90,8 +91,17 @@ class FoldGroup:
         work.wait()
         return True
 
-    def data_parallel(self, model: nn.Module, find_unused: bool) -> nn.Module:
-        """`model` (already on the device) wrapped so that backward averages its gradients over the group."""
+    def data_parallel(self, model: nn.Module, find_unused: bool) -> tuple[nn.Module, Callable[[], None] | None]:
+        """`model` (already on the device) made data-parallel over the group: what to call it through,
+        and what averages its gradients after backward (None: DDP averages them inside backward)."""
+        shared = shared_gradients(model, self)
+        if shared is not None:
+            # CPU members on one host: the plain model, its gradients averaged through shared memory
+            # after backward (nothing to overlap on a CPU), its weights the leader's to start with.
+            for t in model.state_dict().values():
+                torch.distributed.broadcast(t, src=self.ranks[0], group=self.pg)
+            self.averaging = "shared memory"
+            return model, shared.average
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index] if self.device.type == "cuda" else None
@@ -99,20 +109,11 @@ class FoldGroup:
         # torch >= 2.13 names that forward_sync_buffers (broadcast_buffers is deprecated).
         no_sync = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
         buffers = {"forward_sync_buffers": False} if no_sync else {"broadcast_buffers": False}
-        # On CPU the gradients are views of DDP's buckets: the averaged bucket is the gradient, one
-        # memory pass less per step (the shared-memory hook averages in place).
         ddp = DistributedDataParallel(
-            model,
-            device_ids=ids,
-            process_group=self.pg,
-            find_unused_parameters=find_unused,
-            gradient_as_bucket_view=self.device.type == "cpu",
-            **buffers,
+            model, device_ids=ids, process_group=self.pg, find_unused_parameters=find_unused, **buffers
         )
-        # CPU members on one host average through shared memory instead of gloo's TCP loopback.
-        shared = use_shared_memory(ddp, self) is not None
-        self.averaging = "shared memory" if shared else f"{torch.distributed.get_backend(self.pg)} all-reduce"
-        return ddp
+        self.averaging = f"{torch.distributed.get_backend(self.pg)} all-reduce"
+        return ddp, None
 
 
 def sync_batchnorm(model: nn.Module, group: FoldGroup) -> nn.Module:

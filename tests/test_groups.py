@@ -186,8 +186,9 @@ def test_the_docs_table_of_fold_plans_is_what_the_planner_makes():
 
 
 # The shared-memory average against gloo's own all-reduce of the same local gradients, over four
-# steps (both buffer parities): a channels-last convolution (strided gradients), and in the third
-# step a frozen first layer (parameters without gradients are skipped, alike on every member).
+# steps (both buffer parities): a channels-last convolution (strided gradients), frozen when the
+# model is wrapped and in the third step (parameters without gradients are skipped, alike on every
+# member; a parameter frozen at the start is averaged once it trains).
 def _average_member(rank: int, size: int, store: str, out: str, disabled_rank: int) -> None:
     torch.set_num_threads(1)
     if rank == disabled_rank:
@@ -197,6 +198,8 @@ def _average_member(rank: int, size: int, store: str, out: str, disabled_rank: i
     torch.manual_seed(rank)  # different weights on each member: the leader's are broadcast
     model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 36, 64), nn.Linear(64, 2))
     model.to(memory_format=torch.channels_last)
+    if disabled_rank < 0:  # (DDP only ever averages the parameters that train when it wraps the model)
+        model[0].requires_grad_(False)  # frozen when wrapped, trained from the first step on
     forward, average = group.data_parallel(model, find_unused=True)
     plain = copy.deepcopy(model)
     left = average is not None and average.__self__.path.exists()  # the SharedGradients behind it

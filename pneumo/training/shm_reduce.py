@@ -92,7 +92,7 @@ def shared_gradients(model: nn.Module, group: FoldGroup) -> SharedGradients | No
     together: some members averaging here and others not would deadlock); None otherwise."""
     if group.size == 1 or group.device.type != "cpu":
         return None
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = list(model.parameters())  # frozen ones too: a fine-tuning schedule may unfreeze them later
     dtypes = {p.dtype for p in params}
     numel = sum(p.numel() for p in params)
     itemsize = params[0].element_size() if len(dtypes) == 1 else 0

@@ -98,14 +98,16 @@ def train_one_epoch(
             logits = t.forward(x if group.size == 1 else x[rows])
         loss = batch_loss(t.criterion, logits.float(), y, mixed, rows, group.size)
         value, preds, stop, settle = loss.item(), logits.argmax(1), None, None
-        if group.size > 1:
-            value, preds, stop, settle = _group_step(loss, logits, rows, len(idx), group, should_stop, t.model)
-        if not math.isfinite(value):
-            raise NonFiniteLossError(f"training loss became {value} at step {totals.step + 1} of the epoch")
+        if group.size == 1:
+            _check_finite(value, totals.step)
         t.optimizer.zero_grad(set_to_none=True)
         t.scaler.scale(loss).backward()
         if t.average_gradients is not None:
             t.average_gradients()
+        if group.size > 1:
+            # After the gradients' averaging, which the members have just met for: no second wait.
+            value, preds, stop, settle = _group_step(loss, logits, rows, len(idx), group, should_stop, t.model)
+            _check_finite(value, totals.step)
         t.scaler.step(t.optimizer)
         scale = t.scaler.get_scale()
         t.scaler.update()
@@ -125,6 +127,12 @@ def train_one_epoch(
         if should_stop() if stop is None else stop:
             return False
     return True
+
+
+def _check_finite(value: float, step: int) -> None:
+    """Raise NonFiniteLossError if the batch's training loss `value` is NaN or infinite."""
+    if not math.isfinite(value):
+        raise NonFiniteLossError(f"training loss became {value} at step {step + 1} of the epoch")
 
 
 def batch_loss(
@@ -157,7 +165,7 @@ def _group_step(
     should_stop: Callable[[], bool],
     model: nn.Module,
 ) -> tuple[float, torch.Tensor, bool, Callable[[], None]]:
-    """One exchange per step, after the forward pass: the batch's mean loss, every row's
+    """One exchange per step, after backward and the gradients' averaging: the batch's mean loss, every row's
     prediction, whether any member was asked to stop (all stop after the same step), and the
     group's mean of the floating buffers (batch-norm running statistics, just updated from each
     member's rows), which the returned `settle` writes into the model after the update step

@@ -30,7 +30,8 @@ and over time that a shared machine shows.
             the ratio compares total images per second (with --device cuda, process k uses
             GPU k mod the GPU count).
 
-Torch threads come from pneumo.utils.processes.set_threads(0), as in train.py; autocast is
+Torch threads come from pneumo.utils.processes.set_threads(0), as in train.py, and on a CPU every
+job keeps freed memory for reuse (retain_freed_memory, as train.py); autocast is
 torch.autocast(device, bf16) for every pipeline alike. Peak memory is this process's RSS plus
 the private memory (USS) of its DataLoader or decode workers, sampled with psutil (without
 psutil: getrusage's peaks of the process and its largest child); the 2-process row adds
@@ -78,7 +79,7 @@ from pneumo.models.inference import predict  # noqa: E402
 from pneumo.training.engine import EpochTotals, Trainable, train_one_epoch  # noqa: E402
 from pneumo.training.recipe import TrainSpec  # noqa: E402
 from pneumo.training.trainer import build_trainable  # noqa: E402
-from pneumo.utils.processes import available_cpus, set_threads  # noqa: E402
+from pneumo.utils.processes import available_cpus, retain_freed_memory, set_threads  # noqa: E402
 
 SAMPLE_IMAGES = ROOT.parent / "shared" / "data" / "chest_xray_fullres_sample"
 ENSEMBLE_MODELS = 5
@@ -469,6 +470,8 @@ def peak_memory(out: dict, interval_s: float = 0.05, children_every: int = 10) -
 def run_job(job: Job) -> dict:
     """Run one measurement in this process (the `--job` entry point)."""
     threads = set_threads(0)
+    if job_device(job).type == "cpu":
+        retain_freed_memory()  # as train.py does on a CPU, for every pipeline alike
     result: dict = {}
     with peak_memory(result):
         result.update(MEASURES[job.kind](job))

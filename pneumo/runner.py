@@ -38,7 +38,7 @@ from pneumo.training.trainer import FoldEnv, train_fold
 from pneumo.utils import console
 from pneumo.utils.errors import NonFiniteLossError, PneumoError
 from pneumo.utils.fsutil import atomic_write_json, atomic_write_text, check_writable, read_json
-from pneumo.utils.processes import make_accelerator, set_threads
+from pneumo.utils.processes import make_accelerator, retain_freed_memory, set_threads
 from pneumo.utils.run_files import (
     AUDIT,
     CONFIG,
@@ -67,6 +67,8 @@ def run_training(cfg: RunConfig, should_stop=lambda: False) -> int:
     rank, world, is_main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     console.set_process(rank, world)
     threads = set_threads(args.threads)
+    if accelerator.device.type == "cpu":
+        retain_freed_memory()
     data_dir, synthetic = resolve_data_dir(args.data_dir)
     config = {**cfg.to_config(), "data_dir": str(data_dir), "mixed_precision": accelerator.mixed_precision}
     if args.no_ensemble:

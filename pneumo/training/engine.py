@@ -165,8 +165,8 @@ def _group_step(
     should_stop: Callable[[], bool],
     model: nn.Module,
 ) -> tuple[float, torch.Tensor, bool, Callable[[], None]]:
-    """One exchange per step, after backward and the gradients' averaging: the batch's mean loss, every row's
-    prediction, whether any member was asked to stop (all stop after the same step), and the
+    """One exchange per step, after backward and the gradients' averaging: the batch's mean loss,
+    every row's prediction, whether any member was asked to stop (all stop after the same step), and the
     group's mean of the floating buffers (batch-norm running statistics, just updated from each
     member's rows), which the returned `settle` writes into the model after the update step
     (not before backward, which may still need the buffers as they are), so every member

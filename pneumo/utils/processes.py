@@ -49,7 +49,7 @@ def retain_freed_memory() -> bool:
     (the PyTorch CPU tuning guides' advice, as jemalloc/tcmalloc would). Left alone where the user
     set MALLOC_* or the C library has no mallopt.
     """
-    if any(name in os.environ for name in _MALLOC_ENV):
+    if os.name != "posix" or any(name in os.environ for name in _MALLOC_ENV):
         return False
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
     if mallopt is None:

@@ -113,9 +113,9 @@ def _model() -> nn.Module:
     )
 
 
-def _train(group: FoldGroup) -> tuple[dict, EpochTotals]:
+def _train(group: FoldGroup, shard: bool = True) -> tuple[dict, EpochTotals]:
     model = _model().to(memory_format=torch.channels_last)
-    forward, average = (model, None) if group.size == 1 else group.data_parallel(model, find_unused=False)
+    forward, shared = (model, None) if group.size == 1 else group.data_parallel(model, False, shard=shard)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)  # unlike Adam, sensitive to the gradient scale
     t = Trainable(
         model,
@@ -127,7 +127,7 @@ def _train(group: FoldGroup) -> tuple[dict, EpochTotals]:
         AugmentSpec(scale_min=0.85, scale_max=1.2, gamma=0.6, blur_p=0.5, blur_sigma=1.0, noise_p=0.5, noise_std=0.03),
         MixSpec(0.4, 1.0),
         plain_eval=group.size > 1,
-        average_gradients=average,
+        shared=shared,
     )
     rng = np.random.default_rng(1)
     pixels = torch.from_numpy(rng.integers(0, 255, (40, 1, SIZE, SIZE), dtype=np.uint8))
@@ -160,7 +160,7 @@ def test_a_fold_on_a_group_takes_the_same_steps_as_the_fold_alone(tmp_path: Path
     out = tmp_path / "group.pt"
     mp.spawn(_member, args=(size, str(tmp_path / "store"), str(out)), nprocs=size, join=True)
     grouped = torch.load(out)
-    assert grouped["averaging"] == "shared memory"
+    assert grouped["averaging"] == "shared memory, sharded update"
     assert grouped["labels"] == totals.labels and grouped["preds"] == totals.preds
     assert grouped["loss"] == pytest.approx(totals.loss, rel=1e-5)
     for name, w in alone.items():
@@ -200,17 +200,17 @@ def _average_member(rank: int, size: int, store: str, out: str, disabled_rank: i
     model.to(memory_format=torch.channels_last)
     if disabled_rank < 0:  # (DDP only ever averages the parameters that train when it wraps the model)
         model[0].requires_grad_(False)  # frozen when wrapped, trained from the first step on
-    forward, average = group.data_parallel(model, find_unused=True)
+    forward, shared = group.data_parallel(model, find_unused=True)
     plain = copy.deepcopy(model)
-    left = average is not None and average.__self__.path.exists()  # the SharedGradients behind it
-    report = {"shared": average is not None, "left": left, "steps": [], "conv_grad_stride": None}
+    left = shared is not None and shared.path.exists()
+    report = {"shared": shared is not None, "left": left, "steps": [], "conv_grad_stride": None}
     for step in range(4):
         model[0].requires_grad_(step != 2), plain[0].requires_grad_(step != 2)
         x = torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(100 * step + rank))
         model.zero_grad(set_to_none=True), plain.zero_grad(set_to_none=True)
         forward(x.to(memory_format=torch.channels_last)).square().mean().backward()
-        if average is not None:
-            average()
+        if shared is not None:
+            shared.average()
         plain(x.to(memory_format=torch.channels_last)).square().mean().backward()
         oracle = []
         for p in plain.parameters():
@@ -247,3 +247,80 @@ def test_shared_memory_averaging_matches_gloos_all_reduce(tmp_path: Path, size: 
     for other in reports[1:]:  # every member ends with the same weights
         for name, w in report["weights"].items():
             assert torch.equal(other["weights"][name], w), name
+
+
+# The sharded update (each member sums, steps and EMA-updates only the parameters it owns, the weights
+# shared in memory) against every member updating everything: AdamW and the EMA are elementwise per
+# parameter, so the two must agree bitwise, the optimiser state gathered for a checkpoint included.
+def _adam_train(group: FoldGroup, shard: bool) -> dict:
+    from timm.utils import ModelEmaV3
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 2),
+    ).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.05, fused=True)
+    ema = ModelEmaV3(model, decay=0.9, use_warmup=True, warmup_power=3 / 4)
+    forward, shared = group.data_parallel(model, False, ema=ema, shard=shard)
+    t = Trainable(
+        model,
+        forward,
+        opt,
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=STEPS),
+        torch.amp.GradScaler("cpu", enabled=False),
+        nn.CrossEntropyLoss(),
+        ema=ema,
+        plain_eval=True,
+        shared=shared,
+    )
+    rng = np.random.default_rng(1)
+    pixels = torch.from_numpy(rng.integers(0, 255, (40, 1, SIZE, SIZE), dtype=np.uint8))
+    labels = torch.from_numpy(rng.integers(0, 2, 40))
+    batches = train_batches(np.arange(40), labels.numpy(), 2, BATCH, torch.Generator().manual_seed(2), "sqrt")
+    loader = [(pixels[b], torch.from_numpy(b)) for b in batches[:STEPS]]
+    aug = torch.Generator().manual_seed(3)
+    train_one_epoch(
+        t, loader, labels, (100.0, 50.0), aug, EpochTotals(), torch.device("cpu"), contextlib.nullcontext, group=group
+    )
+    state = shared.optimizer_state(opt)
+    return {
+        "sharded": shared.sharded,
+        "model": {k: v.clone() for k, v in model.state_dict().items()},
+        "ema": {k: v.clone() for k, v in ema.module.state_dict().items()},
+        "optimizer": copy.deepcopy(state) if group.is_leader else None,
+        "own_state": len(opt.state),
+    }
+
+
+def _shard_member(rank: int, size: int, store: str, out: str) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=size)
+    group = FoldGroup(tuple(range(size)), rank, torch.distributed.new_group(list(range(size))))
+    torch.save({"full": _adam_train(group, False), "sharded": _adam_train(group, True)}, f"{out}.{rank}")
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_a_sharded_update_is_bitwise_every_member_updating_everything(tmp_path: Path, size: int):
+    out = tmp_path / "shard.pt"
+    mp.spawn(_shard_member, args=(size, str(tmp_path / "store"), str(out)), nprocs=size, join=True)
+    runs = [torch.load(f"{out}.{rank}") for rank in range(size)]
+    full, sharded = runs[0]["full"], runs[0]["sharded"]
+    assert sharded["sharded"] and not full["sharded"]
+    n_params = 6
+    assert full["own_state"] == n_params and all(r["sharded"]["own_state"] < n_params for r in runs)
+    assert sum(r["sharded"]["own_state"] for r in runs) == n_params  # each parameter stepped by one member
+    for kind in ("model", "ema"):
+        for name, w in full[kind].items():
+            assert torch.equal(sharded[kind][name], w), (kind, name)
+            assert all(torch.equal(r["sharded"][kind][name], w) for r in runs[1:]), (kind, name)
+    assert sharded["optimizer"]["state"].keys() == full["optimizer"]["state"].keys()
+    for k, entry in full["optimizer"]["state"].items():
+        for key, value in entry.items():
+            assert torch.equal(sharded["optimizer"]["state"][k][key], value), (k, key)
+    assert any(not torch.equal(w, full["ema"][n]) for n, w in full["model"].items())  # the EMA lags: it did train

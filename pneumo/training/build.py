@@ -70,12 +70,15 @@ def build_trainable(
         weight = torch.as_tensor(
             class_counts.sum() / (len(class_counts) * class_counts), dtype=torch.float32, device=device
         )
-    forward, average = model, None
+    ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True, warmup_power=3 / 4) if cfg.ema_decay else None
+    forward, shared = model, None
     if group.size > 1:
         # Frozen backbone epochs leave parameters without gradients, which DDP must be told about.
-        forward, average = group.data_parallel(model, find_unused=cfg.freeze_epochs > 0)
+        # A sharded update cannot serve fp16's grad scaler, which must see every gradient.
+        forward, shared = group.data_parallel(
+            model, find_unused=cfg.freeze_epochs > 0, ema=ema, shard=not scaler.is_enabled()
+        )
     forward = torch.compile(forward) if cfg.compile else forward
-    ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True, warmup_power=3 / 4) if cfg.ema_decay else None
     return Trainable(
         model,
         forward,
@@ -87,7 +90,7 @@ def build_trainable(
         MixSpec(cfg.mixup, cfg.cutmix),
         ema,
         plain_eval=group.size > 1,
-        average_gradients=average,
+        shared=shared,
     )
 
 

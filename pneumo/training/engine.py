@@ -14,6 +14,7 @@ from pneumo.data.augment import AugmentSpec, prepare_batch, sample_params
 from pneumo.data.mixing import Mixed, MixSpec, mix_batch
 from pneumo.models.inference import Autocast, Batch
 from pneumo.training.group import FoldGroup
+from pneumo.training.shm_reduce import SharedGradients
 from pneumo.utils.errors import NonFiniteLossError
 
 
@@ -53,7 +54,7 @@ class Trainable:
     mix: MixSpec = field(default_factory=MixSpec)
     ema: nn.Module | None = None  # timm ModelEmaV3, updated after every optimizer step
     plain_eval: bool = False  # evaluate `model` rather than `forward` (a data-parallel wrapper)
-    average_gradients: Callable[[], None] | None = None  # a group's averaging after backward (else none, or DDP's)
+    shared: SharedGradients | None = None  # a CPU group's averaging and update through shared memory (else DDP's)
 
     @property
     def eval_model(self) -> nn.Module:
@@ -102,8 +103,8 @@ def train_one_epoch(
             _check_finite(value, totals.step)
         t.optimizer.zero_grad(set_to_none=True)
         t.scaler.scale(loss).backward()
-        if t.average_gradients is not None:
-            t.average_gradients()
+        if t.shared is not None:
+            t.shared.average()
         if group.size > 1:
             # After the gradients' averaging, which the members have just met for: no second wait.
             value, preds, stop, settle = _group_step(loss, logits, rows, len(idx), group, should_stop, t.model)
@@ -117,8 +118,12 @@ def train_one_epoch(
         if t.scaler.get_scale() >= scale:  # the scale only drops when the step was skipped
             t.scheduler.step()
             totals.optimizer_steps += 1
-            if t.ema is not None:
+            if t.shared is not None and t.ema is not None:
+                t.shared.update_ema(t.ema, t.model, t.scheduler.last_epoch)
+            elif t.ema is not None:
                 t.ema.update(t.model, step=t.scheduler.last_epoch)
+        if t.shared is not None:
+            t.shared.publish()
         totals.step += 1
         totals.loss_sum += value * len(idx)
         totals.labels.extend(y.tolist())

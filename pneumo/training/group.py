@@ -14,14 +14,17 @@ import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from pneumo.training.plan import FoldPlan
-from pneumo.training.shm_reduce import shared_gradients
+from pneumo.training.shm_reduce import SharedGradients, shared_gradients
+
+if TYPE_CHECKING:
+    from timm.utils import ModelEmaV3
 
 
 @dataclass
@@ -91,17 +94,22 @@ class FoldGroup:
         work.wait()
         return True
 
-    def data_parallel(self, model: nn.Module, find_unused: bool) -> tuple[nn.Module, Callable[[], None] | None]:
+    def data_parallel(
+        self, model: nn.Module, find_unused: bool, ema: ModelEmaV3 | None = None, shard: bool = False
+    ) -> tuple[nn.Module, SharedGradients | None]:
         """`model` (already on the device) made data-parallel over the group: what to call it through,
-        and what averages its gradients after backward (None: DDP averages them inside backward)."""
-        shared = shared_gradients(model, self)
+        and the shared-memory averaging (and, with `shard`, update of `model` and `ema`) to run after
+        backward (None: DDP averages the gradients inside backward)."""
+        shared = shared_gradients(model, self, ema, shard)
         if shared is not None:
             # CPU members on one host: the plain model, its gradients averaged through shared memory
             # after backward (nothing to overlap on a CPU), its weights the leader's to start with.
-            for t in model.state_dict().values():
-                torch.distributed.broadcast(t, src=self.ranks[0], group=self.pg)
-            self.averaging = "shared memory"
-            return model, shared.average
+            for m in (model, *([ema.module] if ema is not None else [])):
+                # (sharded, the parameters already are the leader's, in the shared memory)
+                for t in m.buffers() if shared.sharded else m.state_dict().values():
+                    torch.distributed.broadcast(t, src=self.ranks[0], group=self.pg)
+            self.averaging = "shared memory" + (", sharded update" if shared.sharded else "")
+            return model, shared
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index] if self.device.type == "cuda" else None
@@ -112,6 +120,8 @@ class FoldGroup:
         ddp = DistributedDataParallel(
             model, device_ids=ids, process_group=self.pg, find_unused_parameters=find_unused, **buffers
         )
+        for t in ema.module.state_dict().values() if ema is not None else ():
+            torch.distributed.broadcast(t, src=self.ranks[0], group=self.pg)  # the leader's, as DDP's model is
         self.averaging = f"{torch.distributed.get_backend(self.pg)} all-reduce"
         return ddp, None
 

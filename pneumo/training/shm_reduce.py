@@ -1,13 +1,21 @@
-"""Gradient averaging through shared memory for a CPU fold group on one host.
+"""Gradient averaging and a sharded update through shared memory, for a CPU fold group on one host.
 
 On a CPU each member has its share of the cores, so nothing can overlap a backward pass: DDP's
 bucketing and hooks then only cost time (its reducer alone adds ~40 ms to a ~400 ms resnet18 step on
 one core), and gloo all-reduces over TCP loopback even between processes of one machine. A CPU
 group on one host therefore trains the plain model and averages after backward: every member
 writes its gradients, divided by the group's size, into its own slot of one shared buffer, meets
-the others at one barrier, and sums the slots in rank order into its gradients: two memory passes.
-Every member computes the same sum in the same order, so the members' weights stay bitwise equal;
-for two members it equals gloo's average (halving is exact and a + b is commutative).
+the others at one barrier, and sums the slots in rank order into its gradients. Every member
+computes the same sum in the same order; for two members it equals gloo's average (halving is exact
+and a + b is commutative).
+
+Sharded (the default when no fp16 grad scaler must see every gradient): the weights, and the EMA's,
+live in the shared buffer too, and each parameter has one owner. A member sums the gradients of the
+parameters it owns only, and the optimiser and the EMA update only those (torch's optimisers skip
+parameters without a gradient; a parameter's update is the same whichever others share the call),
+then the members meet again and every one reads the whole updated model from the shared memory:
+the optimiser step, the EMA update and half the averaging are no longer done twice. Each member
+keeps the optimiser state of what it owns; `optimizer_state` gathers it for a checkpoint.
 
 Used automatically for CPU groups whose members share a host and a /dev/shm with room for the
 buffer; `PNEUMO_SHM_DISABLE=1` (like NCCL_SHM_DISABLE) keeps DDP on gloo's all-reduce.
@@ -19,12 +27,14 @@ import os
 import socket
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 if TYPE_CHECKING:
+    from timm.utils import ModelEmaV3
+
     from pneumo.training.group import FoldGroup
 
 SHM_DIR = Path("/dev/shm")
@@ -32,44 +42,118 @@ DISABLE_ENV = "PNEUMO_SHM_DISABLE"
 
 
 class SharedGradients:
-    """The shared buffer of one group: [step parity, member, gradient element]. Two parities let one
-    barrier per step suffice: a member rewrites a parity's slots only two steps later, after every
-    member has passed the next step's barrier, i.e. has finished reading them."""
+    """The shared buffer of one group: the gradient slots [step parity, member, element] and, when
+    sharded, the weights and the EMA's weights. Two parities let one barrier per step suffice for
+    the averaging: a member rewrites a parity's slots only two steps later, after every member has
+    passed the next step's barrier, i.e. has finished reading them."""
 
-    def __init__(self, group: FoldGroup, params: list[nn.Parameter]) -> None:
-        self.group, self.params = group, params
-        numel = sum(p.numel() for p in params)
+    def __init__(self, group: FoldGroup, model: nn.Module, ema: ModelEmaV3 | None = None, shard: bool = False) -> None:
+        self.group, self.params = group, list(model.parameters())
+        numel = sum(p.numel() for p in self.params)
+        models = [model, *([ema.module] if ema is not None else [])] if shard else []
+        size = (2 * group.size + len(models)) * numel
         path = [str(SHM_DIR / f"pneumo-grad-{uuid.uuid4().hex}")] if group.is_leader else [None]
         torch.distributed.broadcast_object_list(path, src=group.ranks[0], group=group.pg)
         self.path = Path(path[0])
         try:
-            flat = torch.from_file(str(self.path), shared=True, size=2 * group.size * numel, dtype=params[0].dtype)
+            flat = torch.from_file(str(self.path), shared=True, size=size, dtype=self.params[0].dtype)
             group.barrier()  # every member has mapped the file: the leader unlinks it, so nothing is left behind
         finally:
             if group.is_leader:
                 self.path.unlink(missing_ok=True)
-        self.slots = flat.view(2, group.size, numel)
+        self.slots = flat[: 2 * group.size * numel].view(2, group.size, numel)
         self.parity = 0
+        self.owner = _owners(self.params, group.size) if shard else [group.rank] * len(self.params)
+        names = [name for name, _ in model.named_parameters()]
+        self.others = {n for n, o in zip(names, self.owner, strict=True) if o != group.rank}  # their owners update them
+        for k, m in enumerate(models):
+            _share_weights(m, flat[(2 * group.size + k) * numel : (2 * group.size + k + 1) * numel], group)
+        self.sharded = bool(models)
 
     def average(self) -> None:
         """Average the parameters' gradients over the group, in place; every member calls it after
-        backward. Parameters without a gradient (a frozen backbone) are skipped, alike on every member."""
-        grads = [p.grad for p in self.params if p.grad is not None]
+        backward. Sharded, a member keeps only the averaged gradients of the parameters it owns.
+        Parameters without a gradient (a frozen backbone) are skipped, alike on every member."""
+        trained = [(k, p) for k, p in enumerate(self.params) if p.grad is not None]
         slots, size, offset = self.slots[self.parity], self.group.size, 0
         views = []
-        for g in grads:
-            views.append([_like(slot, g, offset) for slot in slots])
-            offset += g.numel()
+        for _, p in trained:
+            views.append([_like(slot, p.grad, offset) for slot in slots])
+            offset += p.numel()
         # Two memory passes: scale into the own slot, then sum the slots into the gradient. For two
         # members a / 2 + b / 2 is bitwise (a + b) / 2 (halving is exact), i.e. gloo's average.
-        for g, v in zip(grads, views, strict=True):
-            torch.div(g, size, out=v[self.group.rank])
+        for (_, p), v in zip(trained, views, strict=True):
+            torch.div(p.grad, size, out=v[self.group.rank])
         self.group.barrier()
-        for g, v in zip(grads, views, strict=True):
-            torch.add(v[0], v[1], out=g)
+        for (k, p), v in zip(trained, views, strict=True):
+            if self.owner[k] != self.group.rank:
+                p.grad = None  # its owner updates it
+                continue
+            torch.add(v[0], v[1], out=p.grad)
             for member in range(2, size):
-                g.add_(v[member])
+                p.grad.add_(v[member])
         self.parity = 1 - self.parity
+
+    @torch.no_grad()
+    def update_ema(self, ema: ModelEmaV3, model: nn.Module, step: int) -> None:
+        """ModelEmaV3.update(model, step) on the parameters this member owns (sharded), and on the
+        buffers, which every member holds alike."""
+        if not self.sharded:
+            ema.update(model, step=step)
+            return
+        ema_v, model_v = [], []
+        for (name, e), m in zip(ema.module.state_dict().items(), model.state_dict().values(), strict=True):
+            if name in self.others:
+                continue
+            if e.is_floating_point():
+                ema_v.append(e), model_v.append(m)
+            else:
+                e.copy_(m)
+        ema._foreach_lerp_(ema_v, model_v, weight=1.0 - ema.get_decay(step))
+
+    def publish(self) -> None:
+        """Sharded: return once every member has updated what it owns, so every member's next forward
+        sees the whole updated model."""
+        if self.sharded:
+            self.group.barrier()
+
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """`optimizer.state_dict()` with every parameter's state from its owner (every member calls
+        this; the leader's copy is the whole state, the others' are their own)."""
+        state = optimizer.state_dict()
+        if not self.sharded:
+            return state
+        owner = {id(p): o for p, o in zip(self.params, self.owner, strict=True)}
+        ordered = [p for g in optimizer.param_groups for p in g["params"]]
+        mine = {k: v for k, v in state["state"].items() if owner[id(ordered[k])] == self.group.rank}
+        merged: dict[int, Any] = {}
+        for part in self.group.gather_objects(mine):
+            merged.update(part)
+        state["state"] = dict(sorted(merged.items()))
+        return state
+
+
+def _owners(params: list[nn.Parameter], size: int) -> list[int]:
+    """Each parameter's owning member: the largest first, each to the least loaded member."""
+    load, owner = [0] * size, [0] * len(params)
+    for k in sorted(range(len(params)), key=lambda k: (-params[k].numel(), k)):
+        owner[k] = min(range(size), key=lambda r: (load[r], r))
+        load[owner[k]] += params[k].numel()
+    return owner
+
+
+def _share_weights(model: nn.Module, flat: torch.Tensor, group: FoldGroup) -> None:
+    """Move `model`'s parameters into `flat` (shared memory), starting from the leader's values."""
+    views, offset = [], 0
+    for p in model.parameters():
+        views.append(_like(flat, p.data, offset))
+        offset += p.numel()
+    if group.is_leader:
+        for p, v in zip(model.parameters(), views, strict=True):
+            v.copy_(p.data)
+    group.barrier()
+    for p, v in zip(model.parameters(), views, strict=True):
+        p.data = v
 
 
 def _like(slot: torch.Tensor, g: torch.Tensor, offset: int) -> torch.Tensor:
@@ -87,17 +171,20 @@ def _local_ok(bytes_needed: int) -> bool:
     return st.f_bavail * st.f_frsize >= 2 * bytes_needed  # leave the host at least as much as we take
 
 
-def shared_gradients(model: nn.Module, group: FoldGroup) -> SharedGradients | None:
-    """The shared-memory averaging of `model`'s gradients when every member can use it (decided
-    together: some members averaging here and others not would deadlock); None otherwise."""
+def shared_gradients(
+    model: nn.Module, group: FoldGroup, ema: ModelEmaV3 | None = None, shard: bool = False
+) -> SharedGradients | None:
+    """The shared-memory averaging of `model`'s gradients (sharded: and update) when every member can
+    use it (decided together: some members averaging here and others not would deadlock); None otherwise."""
     if group.size == 1 or group.device.type != "cpu":
         return None
     params = list(model.parameters())  # frozen ones too: a fine-tuning schedule may unfreeze them later
     dtypes = {p.dtype for p in params}
     numel = sum(p.numel() for p in params)
     itemsize = params[0].element_size() if len(dtypes) == 1 else 0
-    local = (socket.gethostname(), len(dtypes) == 1 and _local_ok(2 * group.size * numel * itemsize))
+    copies = 2 * group.size + (1 + (ema is not None) if shard else 0)
+    local = (socket.gethostname(), len(dtypes) == 1 and _local_ok(copies * numel * itemsize))
     votes = group.gather_objects(local)
     if len({host for host, _ in votes}) != 1 or not all(ok for _, ok in votes):
         return None
-    return SharedGradients(group, params)
+    return SharedGradients(group, model, ema, shard)

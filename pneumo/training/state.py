@@ -51,6 +51,7 @@ def save_progress(
     """
     rng = _rng_state(device)
     members = group.gather_objects(rng) if group.size > 1 else None
+    optimizer = t.shared.optimizer_state(t.optimizer) if t.shared is not None else t.optimizer.state_dict()
     if not group.is_leader:
         return
     save_state(
@@ -68,7 +69,7 @@ def save_progress(
             "best_epoch": p.best_epoch,
             "history": p.history,
             "model": t.model.state_dict(),
-            "optimizer": t.optimizer.state_dict(),
+            "optimizer": optimizer,
             "scheduler": t.scheduler.state_dict(),
             "scaler": t.scaler.state_dict(),
             **({"ema": t.ema.module.state_dict()} if t.ema is not None else {}),

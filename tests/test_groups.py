@@ -209,8 +209,12 @@ def _average_member(rank: int, size: int, store: str, out: str, disabled_rank: i
         x = torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(100 * step + rank))
         model.zero_grad(set_to_none=True), plain.zero_grad(set_to_none=True)
         forward(x.to(memory_format=torch.channels_last)).square().mean().backward()
-        if shared is not None:
-            shared.average()
+        if shared is not None:  # with the step's exchange, carried in the slots or, too long for them, by gloo
+            n = 7 if step % 2 == 0 else shared.capacity + 1
+            summed = shared.average(torch.arange(float(n)) * (rank + 1))
+            report["exchange_ok"] = report.get("exchange_ok", True) and torch.equal(
+                summed, torch.arange(float(n)) * sum(range(1, size + 1))
+            )
         plain(x.to(memory_format=torch.channels_last)).square().mean().backward()
         oracle = []
         for p in plain.parameters():
@@ -232,6 +236,7 @@ def test_shared_memory_averaging_matches_gloos_all_reduce(tmp_path: Path, size: 
     reports = [torch.load(f"{out}.{rank}") for rank in range(size)]
     report = reports[0]
     assert report["shared"] == (disabled_rank < 0)  # one member unable: no member uses it
+    assert all(r.get("exchange_ok", not r["shared"]) for r in reports)
     assert not report["left"]  # the file behind the buffer is unlinked once mapped
     assert len(report["steps"]) == 4
     assert report["conv_grad_stride"] == (27, 1, 9, 3)  # channels-last: the strided slot views are used

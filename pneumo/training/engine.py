@@ -103,11 +103,8 @@ def train_one_epoch(
             _check_finite(value, totals.step)
         t.optimizer.zero_grad(set_to_none=True)
         t.scaler.scale(loss).backward()
-        if t.shared is not None:
-            t.shared.average()
         if group.size > 1:
-            # After the gradients' averaging, which the members have just met for: no second wait.
-            value, preds, stop, settle = _group_step(loss, logits, rows, len(idx), group, should_stop, t.model)
+            value, preds, stop, settle = _group_step(loss, logits, rows, len(idx), group, should_stop, t)
             _check_finite(value, totals.step)
         t.scaler.step(t.optimizer)
         scale = t.scaler.get_scale()
@@ -168,20 +165,21 @@ def _group_step(
     n: int,
     group: FoldGroup,
     should_stop: Callable[[], bool],
-    model: nn.Module,
+    t: Trainable,
 ) -> tuple[float, torch.Tensor, bool, Callable[[], None]]:
-    """One exchange per step, after backward and the gradients' averaging: the batch's mean loss,
-    every row's prediction, whether any member was asked to stop (all stop after the same step), and the
-    group's mean of the floating buffers (batch-norm running statistics, just updated from each
-    member's rows), which the returned `settle` writes into the model after the update step
-    (not before backward, which may still need the buffers as they are), so every member
-    holds the same model."""
-    buffers = [b for b in model.buffers() if b.is_floating_point()]
+    """One meeting per step, after backward: the gradients' averaging (through shared memory; DDP's is
+    inside backward) and the exchange of the batch's mean loss, every row's prediction, whether any
+    member was asked to stop (all stop after the same step), and the group's mean of the floating
+    buffers (batch-norm running statistics, just updated from each member's rows), which the
+    returned `settle` writes into the model after the update step (not before backward, which may
+    still need the buffers as they are), so every member holds the same model."""
+    buffers = [b for b in t.model.buffers() if b.is_floating_point()]
     head = torch.zeros(2 + n, device=logits.device, dtype=torch.float32)
     head[0] = loss.detach() / group.size
     head[1] = float(should_stop())
     head[2 + rows.start : 2 + rows.stop] = logits.detach().argmax(1).float()
-    shared = group.sum(torch.cat([head, *(b.detach().reshape(-1).float() for b in buffers)]))
+    exchange = torch.cat([head, *(b.detach().reshape(-1).float() for b in buffers)])
+    shared = group.sum(exchange) if t.shared is None else t.shared.average(exchange)
 
     def settle() -> None:
         offset = 2 + n

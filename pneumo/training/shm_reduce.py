@@ -41,17 +41,23 @@ SHM_DIR = Path("/dev/shm")
 DISABLE_ENV = "PNEUMO_SHM_DISABLE"
 
 
+EXCHANGE_ROWS = 65536  # batch rows whose predictions the slots' tail can carry (larger: gloo's all-reduce)
+
+
 class SharedGradients:
-    """The shared buffer of one group: the gradient slots [step parity, member, element] and, when
-    sharded, the weights and the EMA's weights. Two parities let one barrier per step suffice for
-    the averaging: a member rewrites a parity's slots only two steps later, after every member has
-    passed the next step's barrier, i.e. has finished reading them."""
+    """The shared buffer of one group: the slots [step parity, member, element], each a member's
+    gradients followed by room for the step's exchange (loss, predictions, batch-norm statistics),
+    and, when sharded, the weights and the EMA's weights. Two parities let one barrier per step
+    suffice for the averaging: a member rewrites a parity's slots only two steps later, after every
+    member has passed the next step's barrier, i.e. has finished reading them."""
 
     def __init__(self, group: FoldGroup, model: nn.Module, ema: ModelEmaV3 | None = None, shard: bool = False) -> None:
         self.group, self.params = group, list(model.parameters())
         numel = sum(p.numel() for p in self.params)
         models = [model, *([ema.module] if ema is not None else [])] if shard else []
-        size = (2 * group.size + len(models)) * numel
+        self.numel, self.capacity = numel, 2 + EXCHANGE_ROWS + sum(b.numel() for b in model.buffers())
+        slot = numel + self.capacity
+        size = 2 * group.size * slot + len(models) * numel
         path = [str(SHM_DIR / f"pneumo-grad-{uuid.uuid4().hex}")] if group.is_leader else [None]
         torch.distributed.broadcast_object_list(path, src=group.ranks[0], group=group.pg)
         self.path = Path(path[0])
@@ -61,19 +67,23 @@ class SharedGradients:
         finally:
             if group.is_leader:
                 self.path.unlink(missing_ok=True)
-        self.slots = flat[: 2 * group.size * numel].view(2, group.size, numel)
+        self.slots = flat[: 2 * group.size * slot].view(2, group.size, slot)
         self.parity = 0
         self.owner = _owners(self.params, group.size) if shard else [group.rank] * len(self.params)
         names = [name for name, _ in model.named_parameters()]
         self.others = {n for n, o in zip(names, self.owner, strict=True) if o != group.rank}  # their owners update them
         for k, m in enumerate(models):
-            _share_weights(m, flat[(2 * group.size + k) * numel : (2 * group.size + k + 1) * numel], group)
+            start = 2 * group.size * slot + k * numel
+            _share_weights(m, flat[start : start + numel], group)
         self.sharded = bool(models)
 
-    def average(self) -> None:
+    def average(self, exchange: torch.Tensor | None = None) -> torch.Tensor | None:
         """Average the parameters' gradients over the group, in place; every member calls it after
         backward. Sharded, a member keeps only the averaged gradients of the parameters it owns.
-        Parameters without a gradient (a frozen backbone) are skipped, alike on every member."""
+        Parameters without a gradient (a frozen backbone) are skipped, alike on every member.
+        `exchange` (1-d), summed over the group at the same meeting, is returned."""
+        carried = exchange is not None and len(exchange) <= self.capacity and exchange.dtype == self.slots.dtype
+        tail = slice(self.numel, self.numel + (len(exchange) if exchange is not None else 0))
         trained = [(k, p) for k, p in enumerate(self.params) if p.grad is not None]
         slots, size, offset = self.slots[self.parity], self.group.size, 0
         views = []
@@ -84,7 +94,10 @@ class SharedGradients:
         # members a / 2 + b / 2 is bitwise (a + b) / 2 (halving is exact), i.e. gloo's average.
         for (_, p), v in zip(trained, views, strict=True):
             torch.div(p.grad, size, out=v[self.group.rank])
+        if carried:
+            slots[self.group.rank, tail] = exchange
         self.group.barrier()
+        summed = slots[:, tail].sum(0) if carried else None
         for (k, p), v in zip(trained, views, strict=True):
             if self.owner[k] != self.group.rank:
                 p.grad = None  # its owner updates it
@@ -93,6 +106,9 @@ class SharedGradients:
             for member in range(2, size):
                 p.grad.add_(v[member])
         self.parity = 1 - self.parity
+        if exchange is not None and not carried:
+            summed = self.group.sum(exchange)
+        return summed
 
     @torch.no_grad()
     def update_ema(self, ema: ModelEmaV3, model: nn.Module, step: int) -> None:
@@ -182,7 +198,7 @@ def shared_gradients(
     dtypes = {p.dtype for p in params}
     numel = sum(p.numel() for p in params)
     itemsize = params[0].element_size() if len(dtypes) == 1 else 0
-    copies = 2 * group.size + (1 + (ema is not None) if shard else 0)
+    copies = 2 * group.size + (1 + (ema is not None) if shard else 0)  # (the slots' exchange tails aside)
     local = (socket.gethostname(), len(dtypes) == 1 and _local_ok(copies * numel * itemsize))
     votes = group.gather_objects(local)
     if len({host for host, _ in votes}) != 1 or not all(ok for _, ok in votes):

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import ROOT, cli_env, launch_command, read_jsonl, run_cli, train_args
 
 from pneumo.data.synthetic import generate
@@ -197,6 +198,9 @@ def test_a_grouped_fold_interrupted_mid_epoch_resumes_to_the_uninterrupted_resul
     assert proc.returncode != 0 and not (out / "results.json").exists()
     if how == "sigusr1-both":  # both members stop after the same step; the leader saved it mid-epoch
         assert log.count("fold 0: stopped; state saved") == 2, log[-3000:]
+    state = torch.load(out / "fold0" / "state.pt", weights_only=True)
+    for part in ("model", "ema"):  # each weight saved alone, not the group's whole shared buffer around it
+        assert all(v.untyped_storage().nbytes() == v.nbytes for v in state[part].values()), part
 
     resumed = run_cli(train_args(data, out, cache, *RESUME_ARGS, *GROUPED), processes=2)
     line = next(s for s in resumed.stdout.splitlines() if "fold 0: resuming" in s)

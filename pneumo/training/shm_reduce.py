@@ -135,18 +135,51 @@ class SharedGradients:
 
     def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         """`optimizer.state_dict()` with every parameter's state from its owner (every member calls
-        this; the leader's copy is the whole state, the others' are their own)."""
+        this, between steps; the leader's copy is the whole state, for the checkpoint). Tensors
+        shaped like their parameter (Adam's moments, momentum) go through the slots, idle between
+        steps; the rest (step counts) through gloo."""
         state = optimizer.state_dict()
         if not self.sharded:
             return state
-        owner = {id(p): o for p, o in zip(self.params, self.owner, strict=True)}
+        index = {id(p): k for k, p in enumerate(self.params)}
+        offsets = [0]
+        for p in self.params:
+            offsets.append(offsets[-1] + p.numel())
         ordered = [p for g in optimizer.param_groups for p in g["params"]]
-        mine = {k: v for k, v in state["state"].items() if owner[id(ordered[k])] == self.group.rank}
-        merged: dict[int, Any] = {}
-        for part in self.group.gather_objects(mine):
+        store, regions = self.slots.view(-1), self.slots.numel() // self.numel
+        mine: dict[int, dict[str, Any]] = {}
+        for k, entry in state["state"].items():
+            i = index[id(ordered[k])]
+            if self.owner[i] != self.group.rank:
+                continue
+            mine[k] = {}
+            for j, (key, v) in enumerate(sorted(entry.items())):
+                if j < regions and _dense_like(v, self.params[i], store.dtype):
+                    at = store.storage_offset() + j * self.numel + offsets[i]
+                    store.as_strided(v.shape, v.stride(), at).copy_(v)
+                    v = (_IN_SLOTS, at, v.stride())
+                mine[k][key] = v
+        merged: dict[int, dict[str, Any]] = {}
+        for part in self.group.gather_objects(mine):  # sent after each member's copies
             merged.update(part)
+        if self.group.is_leader:
+            for k, entry in merged.items():
+                for key, v in entry.items():
+                    if isinstance(v, tuple) and len(v) == 3 and v[0] == _IN_SLOTS:
+                        entry[key] = store.as_strided(ordered[k].shape, v[2], v[1]).clone()
+        self.group.barrier()  # the leader has read the slots: the next step may write them
         state["state"] = dict(sorted(merged.items()))
         return state
+
+
+_IN_SLOTS = "pneumo:in-shared-slots"
+
+
+def _dense_like(v: Any, p: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether optimiser state `v` is a dense tensor shaped like `p` that the slots can carry."""
+    if not torch.is_tensor(v) or v.shape != p.shape or v.dtype != dtype or v.device.type != "cpu":
+        return False
+    return v.is_contiguous() or (v.dim() == 4 and v.is_contiguous(memory_format=torch.channels_last))
 
 
 def _owners(params: list[nn.Parameter], size: int) -> list[int]:

@@ -54,6 +54,9 @@ def save_progress(
     optimizer = t.shared.optimizer_state(t.optimizer) if t.shared is not None else t.optimizer.state_dict()
     if not group.is_leader:
         return
+    model, ema = t.model.state_dict(), t.ema.module.state_dict() if t.ema is not None else None
+    if t.shared is not None and t.shared.sharded:  # views into the group's whole shared buffer: save copies
+        model, ema = _copied(model), _copied(ema) if ema is not None else None
     save_state(
         path,
         {
@@ -68,13 +71,17 @@ def save_progress(
             "best_score": p.best_score,
             "best_epoch": p.best_epoch,
             "history": p.history,
-            "model": t.model.state_dict(),
+            "model": model,
             "optimizer": optimizer,
             "scheduler": t.scheduler.state_dict(),
             "scaler": t.scaler.state_dict(),
-            **({"ema": t.ema.module.state_dict()} if t.ema is not None else {}),
+            **({"ema": ema} if ema is not None else {}),
         },
     )
+
+
+def _copied(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in state.items()}
 
 
 def restore_progress(

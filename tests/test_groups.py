@@ -113,22 +113,15 @@ def _model() -> nn.Module:
     )
 
 
-def _train(group: FoldGroup, shard: bool = True) -> tuple[dict, EpochTotals]:
-    model = _model().to(memory_format=torch.channels_last)
-    forward, shared = (model, None) if group.size == 1 else group.data_parallel(model, False, shard=shard)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)  # unlike Adam, sensitive to the gradient scale
-    t = Trainable(
-        model,
-        forward,
-        opt,
-        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=STEPS),
-        torch.amp.GradScaler("cpu", enabled=False),
-        nn.CrossEntropyLoss(weight=torch.tensor([1.5, 0.75]), label_smoothing=0.1),
-        AugmentSpec(scale_min=0.85, scale_max=1.2, gamma=0.6, blur_p=0.5, blur_sigma=1.0, noise_p=0.5, noise_std=0.03),
-        MixSpec(0.4, 1.0),
-        plain_eval=group.size > 1,
-        shared=shared,
-    )
+def _trainable(model: nn.Module, forward: nn.Module, opt: torch.optim.Optimizer, shared, **kw) -> Trainable:
+    """A Trainable on a cosine schedule over STEPS, without a grad scaler."""
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=STEPS)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    return Trainable(model, forward, opt, schedule, scaler, plain_eval=shared is not None, shared=shared, **kw)
+
+
+def _epoch(t: Trainable, group: FoldGroup) -> EpochTotals:
+    """Train `t` for STEPS steps of a fixed seeded epoch (augmented, mixed when t says so)."""
     rng = np.random.default_rng(1)
     pixels = torch.from_numpy(rng.integers(0, 255, (40, 1, SIZE, SIZE), dtype=np.uint8))
     labels = torch.from_numpy(rng.integers(0, 2, 40))
@@ -139,6 +132,25 @@ def _train(group: FoldGroup, shard: bool = True) -> tuple[dict, EpochTotals]:
     train_one_epoch(
         t, loader, labels, (100.0, 50.0), aug, totals, torch.device("cpu"), contextlib.nullcontext, group=group
     )
+    return totals
+
+
+def _train(group: FoldGroup) -> tuple[dict, EpochTotals]:
+    model = _model().to(memory_format=torch.channels_last)
+    forward, shared = (model, None) if group.size == 1 else group.data_parallel(model, False, shard=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)  # unlike Adam, sensitive to the gradient scale
+    t = _trainable(
+        model,
+        forward,
+        opt,
+        shared,
+        criterion=nn.CrossEntropyLoss(weight=torch.tensor([1.5, 0.75]), label_smoothing=0.1),
+        augment=AugmentSpec(
+            scale_min=0.85, scale_max=1.2, gamma=0.6, blur_p=0.5, blur_sigma=1.0, noise_p=0.5, noise_std=0.03
+        ),
+        mix=MixSpec(0.4, 1.0),
+    )
+    totals = _epoch(t, group)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, totals
 
 
@@ -272,26 +284,8 @@ def _adam_train(group: FoldGroup, shard: bool) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.05, fused=True)
     ema = ModelEmaV3(model, decay=0.9, use_warmup=True, warmup_power=3 / 4)
     forward, shared = group.data_parallel(model, False, ema=ema, shard=shard)
-    t = Trainable(
-        model,
-        forward,
-        opt,
-        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=STEPS),
-        torch.amp.GradScaler("cpu", enabled=False),
-        nn.CrossEntropyLoss(),
-        ema=ema,
-        plain_eval=True,
-        shared=shared,
-    )
-    rng = np.random.default_rng(1)
-    pixels = torch.from_numpy(rng.integers(0, 255, (40, 1, SIZE, SIZE), dtype=np.uint8))
-    labels = torch.from_numpy(rng.integers(0, 2, 40))
-    batches = train_batches(np.arange(40), labels.numpy(), 2, BATCH, torch.Generator().manual_seed(2), "sqrt")
-    loader = [(pixels[b], torch.from_numpy(b)) for b in batches[:STEPS]]
-    aug = torch.Generator().manual_seed(3)
-    train_one_epoch(
-        t, loader, labels, (100.0, 50.0), aug, EpochTotals(), torch.device("cpu"), contextlib.nullcontext, group=group
-    )
+    t = _trainable(model, forward, opt, shared, criterion=nn.CrossEntropyLoss(), ema=ema)
+    _epoch(t, group)
     state = shared.optimizer_state(opt)
     return {
         "sharded": shared.sharded,

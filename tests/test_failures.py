@@ -8,6 +8,7 @@ import pickle
 import resource
 import signal
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -17,11 +18,11 @@ from torch import nn
 
 import pneumo.training.trainer
 from pneumo.config import parse_args
-from pneumo.models.checkpoint import load_state, load_weights_file
+from pneumo.models.checkpoint import load_state, load_weights_file, save_state
 from pneumo.run_config import RunConfig
 from pneumo.runner import run_training
 from pneumo.utils.errors import PneumoError
-from pneumo.utils.fsutil import atomic_write_bytes
+from pneumo.utils.fsutil import BackgroundWriter, atomic_write_bytes
 
 
 class _NanAfter(nn.Module):
@@ -111,18 +112,58 @@ def test_a_full_disk_is_a_clear_error_leaving_no_partial_file(tiny_data, cache_d
     assert not (out / "fold0" / fails_at).exists()
 
 
+def _full_disk(*_args) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
 def test_atomic_write_keeps_the_old_file_when_the_disk_fills(tmp_path, monkeypatch):
     target = tmp_path / "results.json"
     target.write_text("old")
 
-    def full_disk(*_args):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr("pneumo.utils.fsutil.os.replace", full_disk)
+    monkeypatch.setattr("pneumo.utils.fsutil.os.replace", _full_disk)
     with pytest.raises(PneumoError, match="No space left on device"):
         atomic_write_bytes(target, b"new")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def _held_fsync(monkeypatch) -> threading.Event:
+    """os.fsync in pneumo's writes waits until the returned event is set."""
+    release, fsync = threading.Event(), pneumo.utils.fsutil.os.fsync
+
+    def held(fd: int) -> None:
+        assert release.wait(30), "fsync never released"
+        fsync(fd)
+
+    monkeypatch.setattr("pneumo.utils.fsutil.os.fsync", held)
+    return release
+
+
+def test_the_background_writer_returns_before_the_fsync_and_lands_its_writes_in_order(tmp_path, monkeypatch):
+    release, writer = _held_fsync(monkeypatch), BackgroundWriter()
+    weights = torch.arange(4.0)
+    save_state(tmp_path / "a.pt", {"w": weights}, writer)
+    writer.write(tmp_path / "b.bin", b"second")
+    weights.add_(1)  # training goes on as soon as save_state returns: the state was serialised already
+    assert not (tmp_path / "a.pt").exists()  # still in its fsync, under a temporary name
+    release.set()
+    writer.close()
+    assert torch.equal(load_state(tmp_path / "a.pt")["w"], torch.arange(4.0))
+    assert (tmp_path / "b.bin").read_bytes() == b"second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt", "b.bin"]
+
+
+def test_a_failed_background_write_surfaces_at_the_wait_and_drops_the_writes_behind_it(tmp_path, monkeypatch):
+    (tmp_path / "best.bin").write_bytes(b"old best")
+    release, writer = _held_fsync(monkeypatch), BackgroundWriter()
+    monkeypatch.setattr("pneumo.utils.fsutil.os.replace", _full_disk)
+    writer.write(tmp_path / "best.bin", b"new best")
+    writer.write(tmp_path / "state.bin", b"a state naming the new best")
+    release.set()
+    with pytest.raises(PneumoError, match=r"cannot write .*best.bin: No space left on device; nothing was left behind"):
+        writer.wait()
+    writer.close()
+    assert [p.name for p in tmp_path.iterdir()] == ["best.bin"] and (tmp_path / "best.bin").read_bytes() == b"old best"
 
 
 def test_an_output_dir_that_cannot_be_created_fails_before_any_work(tiny_data, tmp_path):

@@ -214,7 +214,7 @@ def _average_member(rank: int, size: int, store: str, out: str, disabled_rank: i
         model[0].requires_grad_(False)  # frozen when wrapped, trained from the first step on
     forward, shared = group.data_parallel(model, find_unused=True)
     plain = copy.deepcopy(model)
-    left = shared is not None and shared.path.exists()
+    left = shared is not None and any(path.exists() for path in shared.paths)
     report = {"shared": shared is not None, "left": left, "steps": [], "conv_grad_stride": None}
     for step in range(4):
         model[0].requires_grad_(step != 2), plain[0].requires_grad_(step != 2)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -73,23 +74,27 @@ def _assert_same_run(run: Path, reference: Path) -> None:
     assert (run / "oof.csv").read_text() == (reference / "oof.csv").read_text()
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+def _wait_for(what: str, done: Callable[[], bool], proc: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, f"run ended before {path} appeared:\n{proc.communicate()[0][-3000:]}"
-        assert time.monotonic() < deadline, f"{path} did not appear"
+    while not done():
+        assert proc.poll() is None, f"run ended before {what}:\n{proc.communicate()[0][-3000:]}"
+        assert time.monotonic() < deadline, f"no {what}"
         time.sleep(0.02)
 
 
 def _mid_epoch_of_epoch_two(fold_dir: Path, proc: subprocess.Popen) -> None:
-    """Return early in epoch 2: a quarter of epoch 1's time after its state was written.
+    """Return early in epoch 2, with epoch 1's state on disk: a quarter of epoch 1's time after its
+    record was logged (the state is written in the background from then on, overlapping epoch 2).
 
     Epoch 1 pays one-off warm-up costs, so epoch 2 can be much shorter: half of epoch 1's
     time sometimes reached past the end of epoch 2 on a loaded 2-core machine.
     """
-    _wait_for(fold_dir / "state.pt", proc)
-    epoch_seconds = read_jsonl(fold_dir / "metrics.jsonl")[0]["seconds"]
-    time.sleep(epoch_seconds / 4)
+    metrics = fold_dir / "metrics.jsonl"
+    _wait_for("epoch 1's record", lambda: metrics.exists() and len(read_jsonl(metrics)) > 0, proc)
+    logged = time.monotonic()
+    epoch_seconds = read_jsonl(metrics)[0]["seconds"]
+    _wait_for("epoch 1's state", (fold_dir / "state.pt").exists, proc)
+    time.sleep(max(0.0, logged + epoch_seconds / 4 - time.monotonic()))
 
 
 def _workers(launcher_pid: int) -> dict[int, int]:
@@ -199,8 +204,9 @@ def test_a_grouped_fold_interrupted_mid_epoch_resumes_to_the_uninterrupted_resul
     if how == "sigusr1-both":  # both members stop after the same step; the leader saved it mid-epoch
         assert log.count("fold 0: stopped; state saved") == 2, log[-3000:]
     state = torch.load(out / "fold0" / "state.pt", weights_only=True)
-    for part in ("model", "ema"):  # each weight saved alone, not the group's whole shared buffer around it
-        assert all(v.untyped_storage().nbytes() == v.nbytes for v in state[part].values()), part
+    for part in ("model", "ema"):  # the weights saved alone, not the group's whole shared memory around them
+        storages = {v.untyped_storage().data_ptr(): v.untyped_storage().nbytes() for v in state[part].values()}
+        assert sum(storages.values()) == sum(v.nbytes for v in state[part].values()), part
 
     resumed = run_cli(train_args(data, out, cache, *RESUME_ARGS, *GROUPED), processes=2)
     line = next(s for s in resumed.stdout.splitlines() if "fold 0: resuming" in s)

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from pneumo.utils.errors import PneumoError
-from pneumo.utils.fsutil import atomic_write_bytes
+from pneumo.utils.fsutil import BackgroundWriter, atomic_write_bytes
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -23,11 +23,19 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-def save_weights(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
-    """Write the model's weights and `meta` (JSON) to one safetensors file, atomically."""
+def save_weights(path: Path, model: nn.Module, meta: dict[str, Any], writer: BackgroundWriter | None = None) -> None:
+    """Write the model's weights and `meta` (JSON) to one safetensors file, atomically (by `writer`,
+    in the background, when given)."""
     state = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
     # Serialised in memory, written by Python: a full disk surfaces as an OSError we report.
-    atomic_write_bytes(path, save(state, metadata={"pneumo": json.dumps(meta)}))
+    _write(path, save(state, metadata={"pneumo": json.dumps(meta)}), writer)
+
+
+def _write(path: Path, data: bytes | memoryview, writer: BackgroundWriter | None) -> None:
+    if writer is None:
+        atomic_write_bytes(path, data)
+    else:
+        writer.write(path, data)
 
 
 def load_weights_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -42,12 +50,13 @@ def load_weights_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
         raise PneumoError(f"{path}: not a readable safetensors checkpoint ({exc})") from exc
 
 
-def save_state(path: Path, state: dict[str, Any]) -> None:
-    """torch.save a dict of tensors and plain values, atomically (serialised in memory first, so a
-    full disk surfaces as an OSError rather than torch's opaque writer error)."""
+def save_state(path: Path, state: dict[str, Any], writer: BackgroundWriter | None = None) -> None:
+    """torch.save a dict of tensors and plain values, atomically (by `writer`, in the background, when
+    given). Serialised in memory first: a full disk surfaces as an OSError rather than torch's opaque
+    writer error, and the tensors may change as soon as this returns."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getbuffer())
+    _write(path, buffer.getbuffer(), writer)
 
 
 def load_state(path: Path) -> dict[str, Any]:

@@ -19,22 +19,25 @@ from pneumo.training.recipe import TrainSpec
 from pneumo.training.trackers import TrackerLog, TrackerRun
 from pneumo.training.tracking import FoldLogger
 from pneumo.utils import console
-from pneumo.utils.fsutil import atomic_write_json
+from pneumo.utils.fsutil import BackgroundWriter, atomic_write_json
 from pneumo.utils.run_files import BEST, VAL_PREDICTIONS
 
 
 class BestCheckpoint(Handler):
     """On a new best epoch: foldK/best.safetensors (weights + what evaluation needs to use them)
-    and foldK/val_predictions.csv, the validation fold's probabilities at that epoch."""
+    and foldK/val_predictions.csv, the validation fold's probabilities at that epoch. The weights
+    go through the fold's background writer, queued before the epoch's resume state."""
 
-    def __init__(self, out: Path, meta: dict[str, Any], splits: Splits, val_idx: np.ndarray) -> None:
-        self.out, self.meta = out, meta
+    def __init__(
+        self, out: Path, meta: dict[str, Any], splits: Splits, val_idx: np.ndarray, writer: BackgroundWriter
+    ) -> None:
+        self.out, self.meta, self.writer = out, meta, writer
         self.files = [splits.files[i] for i in val_idx]
         self.labels, self.classes, self.positive = splits.labels[val_idx], splits.classes, splits.positive
 
     def new_best(self, event: EpochEnd) -> None:
         meta = {**self.meta, "epoch": event.record["epoch"], "val_loss": event.record["val"]["loss"]}
-        save_weights(self.out / BEST, event.weights, meta)
+        save_weights(self.out / BEST, event.weights, meta, self.writer)
         at = {"positive": self.positive, "threshold": PROVISIONAL_THRESHOLD}  # the run's decision comes at its end
         write_predictions(self.out / VAL_PREDICTIONS, self.files, self.labels, event.val_probs, self.classes, **at)
 
@@ -77,9 +80,10 @@ def fold_handlers(
     meta: dict[str, Any],
     history: list[dict[str, Any]],
     tracker_runs: list[TrackerRun],
+    writer: BackgroundWriter,
 ) -> Handlers:
     """The handlers of a training fold, in the order they act on each event."""
     handlers: list[Handler] = [SampleAudit(out, splits.files)] if spec.audit_samples else []
-    handlers += [BestCheckpoint(out, meta, splits, val_idx), FoldLogger(out, history)]
+    handlers += [BestCheckpoint(out, meta, splits, val_idx, writer), FoldLogger(out, history)]
     handlers += [TrackerLog(tracker_runs, history)] if tracker_runs else []
     return Handlers([*handlers, EpochLine(spec.optim.epochs)])

@@ -45,9 +45,10 @@ EXCHANGE_ROWS = 65536  # batch rows whose predictions the slots' tail can carry 
 
 
 class SharedGradients:
-    """The shared buffer of one group: the slots [step parity, member, element], each a member's
+    """The shared memory of one group: the slots [step parity, member, element], each a member's
     gradients followed by room for the step's exchange (loss, predictions, batch-norm statistics),
-    and, when sharded, the weights and the EMA's weights. Two parities let one barrier per step
+    and, when sharded, the weights and the EMA's weights, each in a file of its own (a checkpoint of
+    their views then holds them alone: torch.save writes a view's whole storage). Two parities let one barrier per step
     suffice for the averaging: a member rewrites a parity's slots only two steps later, after every
     member has passed the next step's barrier, i.e. has finished reading them."""
 
@@ -56,26 +57,29 @@ class SharedGradients:
         numel = sum(p.numel() for p in self.params)
         models = [model, *([ema.module] if ema is not None else [])] if shard else []
         self.numel, self.capacity = numel, 2 + EXCHANGE_ROWS + sum(b.numel() for b in model.buffers())
-        slot = numel + self.capacity
-        size = 2 * group.size * slot + len(models) * numel
-        path = [str(SHM_DIR / f"pneumo-grad-{uuid.uuid4().hex}")] if group.is_leader else [None]
-        torch.distributed.broadcast_object_list(path, src=group.ranks[0], group=group.pg)
-        self.path = Path(path[0])
-        try:
-            flat = torch.from_file(str(self.path), shared=True, size=size, dtype=self.params[0].dtype)
-            group.barrier()  # every member has mapped the file: the leader unlinks it, so nothing is left behind
-        finally:
-            if group.is_leader:
-                self.path.unlink(missing_ok=True)
-        self.slots = flat[: 2 * group.size * slot].view(2, group.size, slot)
+        slot, dtype = numel + self.capacity, self.params[0].dtype
+        self.paths: list[Path] = []  # the /dev/shm files, unlinked as soon as every member has mapped them
+        self.slots = self._shared(2 * group.size * slot, dtype).view(2, group.size, slot)
         self.parity = 0
         self.owner = _owners(self.params, group.size) if shard else [group.rank] * len(self.params)
         names = [name for name, _ in model.named_parameters()]
         self.others = {n for n, o in zip(names, self.owner, strict=True) if o != group.rank}  # their owners update them
-        for k, m in enumerate(models):
-            start = 2 * group.size * slot + k * numel
-            _share_weights(m, flat[start : start + numel], group)
+        for m in models:
+            _share_weights(m, self._shared(numel, dtype), group)
         self.sharded = bool(models)
+
+    def _shared(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        """A 1-d tensor of `numel` elements that every member maps from one /dev/shm file."""
+        path = [str(SHM_DIR / f"pneumo-grad-{uuid.uuid4().hex}")] if self.group.is_leader else [None]
+        torch.distributed.broadcast_object_list(path, src=self.group.ranks[0], group=self.group.pg)
+        self.paths.append(Path(path[0]))
+        try:
+            flat = torch.from_file(path[0], shared=True, size=numel, dtype=dtype)
+            self.group.barrier()  # every member has mapped the file: the leader unlinks it, leaving nothing behind
+        finally:
+            if self.group.is_leader:
+                self.paths[-1].unlink(missing_ok=True)
+        return flat
 
     def average(self, exchange: torch.Tensor | None = None) -> torch.Tensor | None:
         """Average the parameters' gradients over the group, in place; every member calls it after
@@ -154,7 +158,7 @@ class SharedGradients:
                 continue
             mine[k] = {}
             for j, (key, v) in enumerate(sorted(entry.items())):
-                if j < regions and _dense_like(v, self.params[i], store.dtype):
+                if j < regions and _slot_shaped(v, self.params[i], store.dtype):
                     at = store.storage_offset() + j * self.numel + offsets[i]
                     store.as_strided(v.shape, v.stride(), at).copy_(v)
                     v = (_IN_SLOTS, at, v.stride())
@@ -175,11 +179,14 @@ class SharedGradients:
 _IN_SLOTS = "pneumo:in-shared-slots"
 
 
-def _dense_like(v: Any, p: torch.Tensor, dtype: torch.dtype) -> bool:
+def _slot_shaped(v: Any, p: torch.Tensor, dtype: torch.dtype) -> bool:
     """Whether optimiser state `v` is a dense tensor shaped like `p` that the slots can carry."""
-    if not torch.is_tensor(v) or v.shape != p.shape or v.dtype != dtype or v.device.type != "cpu":
-        return False
-    return v.is_contiguous() or (v.dim() == 4 and v.is_contiguous(memory_format=torch.channels_last))
+    return torch.is_tensor(v) and v.shape == p.shape and v.dtype == dtype and v.device.type == "cpu" and _dense(v)
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """Contiguous, or a channels-last convolution weight: stored without gaps, in some order."""
+    return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
 
 
 def _owners(params: list[nn.Parameter], size: int) -> list[int]:
@@ -208,7 +215,7 @@ def _share_weights(model: nn.Module, flat: torch.Tensor, group: FoldGroup) -> No
 def _like(slot: torch.Tensor, g: torch.Tensor, offset: int) -> torch.Tensor:
     """A view of `slot` at `offset` shaped like `g`, with g's strides when g is dense (channels-last
     convolution weights), so that both passes run straight through memory."""
-    if g.is_contiguous() or (g.dim() == 4 and g.is_contiguous(memory_format=torch.channels_last)):
+    if _dense(g):
         return slot.as_strided(g.shape, g.stride(), slot.storage_offset() + offset)
     return slot[offset : offset + g.numel()].view(g.shape)
 

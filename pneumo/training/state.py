@@ -13,6 +13,7 @@ from pneumo.models.checkpoint import load_state, save_state
 from pneumo.training.engine import EpochTotals, Trainable
 from pneumo.training.group import FoldGroup
 from pneumo.utils.errors import PneumoError
+from pneumo.utils.fsutil import BackgroundWriter
 
 STATE_FORMAT = 1
 
@@ -43,9 +44,17 @@ class Progress:
 
 
 def save_progress(
-    path: Path, fold: int, t: Trainable, p: Progress, aug: torch.Generator, device: torch.device, group: FoldGroup
+    path: Path,
+    fold: int,
+    t: Trainable,
+    p: Progress,
+    aug: torch.Generator,
+    device: torch.device,
+    group: FoldGroup,
+    writer: BackgroundWriter | None = None,
 ) -> None:
-    """Write the fold's full training state atomically (a kill leaves the previous one).
+    """Write the fold's full training state atomically (a kill leaves the previous one); serialised
+    here, written by `writer` in the background when given.
 
     In a group every member calls this (each one's RNG state is kept); the leader writes.
     """
@@ -55,8 +64,6 @@ def save_progress(
     if not group.is_leader:
         return
     model, ema = t.model.state_dict(), t.ema.module.state_dict() if t.ema is not None else None
-    if t.shared is not None and t.shared.sharded:  # views into the group's whole shared buffer: save copies
-        model, ema = _copied(model), _copied(ema) if ema is not None else None
     save_state(
         path,
         {
@@ -77,11 +84,8 @@ def save_progress(
             "scaler": t.scaler.state_dict(),
             **({"ema": ema} if ema is not None else {}),
         },
+        writer,
     )
-
-
-def _copied(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in state.items()}
 
 
 def restore_progress(

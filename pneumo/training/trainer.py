@@ -34,6 +34,7 @@ from pneumo.training.state import Progress, restore_progress, save_progress
 from pneumo.training.trackers import TrackerRun
 from pneumo.utils import console
 from pneumo.utils.errors import NonFiniteLossError
+from pneumo.utils.fsutil import BackgroundWriter
 from pneumo.utils.run_files import STATE, fold_dir
 
 
@@ -106,15 +107,15 @@ def train_fold(
         p = Progress(0, EpochTotals(), sampler.get_state(), math.inf, -1, [])
     meta = {"fold": fold, **spec.checkpoint_meta(), "classes": list(splits.classes)}
     meta.update(positive=splits.positive, mean=data.norm[0], std=data.norm[1])
-    handlers = Handlers([])  # a group's leader writes the fold's files
+    handlers, writer = Handlers([]), BackgroundWriter()  # a group's leader writes the fold's files
     if group.is_leader:
-        handlers = fold_handlers(out, spec, splits, data.val_idx, meta, p.history, env.tracker_runs)
+        handlers = fold_handlers(out, spec, splits, data.val_idx, meta, p.history, env.tracker_runs, writer)
     try:
         while p.epoch < cfg.epochs:
             epoch_started = time.monotonic()
             images_per_second = _train_epoch(fold, data, t, p, sampler, aug, env, should_stop)
             if images_per_second is None:
-                save_progress(out / STATE, fold, t, p, aug, env.device, group)
+                save_progress(out / STATE, fold, t, p, aug, env.device, group, writer)
                 return None
             train_seconds = time.monotonic() - epoch_started
             val_probs = _predict(data, data.val_idx, t.eval_model, env)
@@ -131,13 +132,17 @@ def train_fold(
             handlers.epoch_end(event)
             p.history.append(record)
             p.epoch, p.totals, p.sampler_epoch_start = p.epoch + 1, EpochTotals(), sampler.get_state()
-            save_progress(out / STATE, fold, t, p, aug, env.device, group)
+            save_progress(out / STATE, fold, t, p, aug, env.device, group, writer)
             if _group_stops(group, should_stop):
                 return None
+        writer.wait()
         group.barrier()  # the leader's best checkpoint is on disk for every member
         return TrainedFold(fold, p.best_epoch, len(p.history), started)
     finally:
-        handlers.close()
+        try:
+            writer.close()  # a stopped or failed fold's last state and best weights land too
+        finally:
+            handlers.close()
 
 
 def _train_epoch(

@@ -10,6 +10,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,50 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | memoryview) -
     """Write `data` to `path` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+class BackgroundWriter:
+    """Atomic writes on one background thread, in the order given, so that their fsync waits (up to
+    a second for a fold's resume state on a virtual disk) overlap the training instead of stalling it.
+
+    `write` takes data already serialised: later changes to its source cannot reach the file. A failed
+    write raises its error at the next `write`, `wait` or `close`, and the writes queued behind it are
+    dropped, so a file on disk never names one that did not land (a resume state its best epoch's
+    weights). At most `depth` writes are in flight; a further one first waits for the oldest.
+    """
+
+    def __init__(self, depth: int = 2) -> None:
+        self.depth, self.failed = depth, False
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pneumo-writer")
+        self._pending: list[Future] = []
+
+    def write(self, path: str | os.PathLike[str], data: bytes | memoryview) -> None:
+        """Queue an atomic write of `data` to `path`."""
+        while self._pending and (self._pending[0].done() or len(self._pending) >= self.depth):
+            self._pending.pop(0).result()
+        self._pending.append(self._pool.submit(self._write, Path(path), data))
+
+    def _write(self, path: Path, data: bytes | memoryview) -> None:
+        if self.failed:
+            return
+        try:
+            atomic_write_bytes(path, data)
+        except BaseException:
+            self.failed = True
+            raise
+
+    def wait(self) -> None:
+        """Return once every queued write has landed; raise the first failure."""
+        while self._pending:
+            self._pending.pop(0).result()
+
+    def close(self) -> None:
+        """`wait`, then stop the thread."""
+        try:
+            self.wait()
+        finally:
+            self._pending.clear()
+            self._pool.shutdown()
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
